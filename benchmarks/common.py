@@ -1,0 +1,66 @@
+"""Shared timing helpers for `benchmarks/*.py` (timeit-style: warm-up, then median of N).
+
+Usage:
+  t = time_call(jitted_fn, *args, repeats=10)  # seconds per call, median
+  print_table(["batch", "jhmr", "ref", "ratio"], rows)
+
+`time_call` blocks on every output, so JAX's asynchronous dispatch is included in the time, and
+works for any callable (torch too: torch on CPU is synchronous).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def block(out: Any) -> Any:
+  """Waits for every JAX array in `out` (any pytree); other leaves pass through."""
+  import jax
+
+  return jax.block_until_ready(out)
+
+
+def time_call(
+  fn: Callable[..., Any], *args: Any, repeats: int = 10, warmup: int = 2, number: int = 1
+) -> float:
+  """Median wall time in seconds of `fn(*args)` over `repeats` runs of `number` calls each.
+
+  `warmup` calls run first (and pay for compilation); every call's output is blocked on.
+  """
+  if repeats < 1 or number < 1:
+    raise ValueError(f"repeats and number must be >= 1, got {repeats}, {number}")
+  for _ in range(warmup):
+    block(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(number):
+      block(fn(*args))
+    times.append((time.perf_counter() - start) / number)
+  return statistics.median(times)
+
+
+def throughput(seconds_per_call: float, batch: int) -> float:
+  """Samples per second for a call that processes `batch` samples."""
+  return batch / seconds_per_call
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A Markdown table; floats are printed with 3 significant digits (or as integers if large)."""
+
+  def cell(v: Any) -> str:
+    if isinstance(v, float):
+      return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+    return str(v)
+
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+  """Prints `format_table(header, rows)`."""
+  print(format_table(header, rows), flush=True)
