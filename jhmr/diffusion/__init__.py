@@ -1,1 +1,1 @@
-"""jhmr.diffusion."""
+"""jhmr.diffusion: noise schedules, DDIM maths, scan-based DDIM sampling/inversion, training."""

@@ -10,9 +10,10 @@ Functionally identical to the official `FC` model (statho/ScoreHMR, research/sco
   eps = Linear(144)(h)
 
 GELU is the exact (erf) one and LayerNorm uses eps 1e-5, as in PyTorch. `cond_dim=0` gives an
-unconditional prior. `use_betas=True` adds the official parallel 10-D betas branch (input
-[B, 154], betas last). Parameter names mirror the PyTorch module (`time_mlp_1`, `blocks_0/mlp_1`,
-`blocks_0/block/linear_layer1`, ...) so `jhmr.convert.scorehmr` is a rename table.
+unconditional prior. Initialisation follows PyTorch's `nn.Linear` default, so a fresh model
+behaves like a fresh official one. `use_betas=True` adds the official parallel 10-D betas branch
+(input [B, 154], betas last). Parameter names mirror the PyTorch module (`time_mlp_1`,
+`blocks_0/mlp_1`, `blocks_0/block/linear_layer1`, ...) so `jhmr.convert.scorehmr` is a rename table.
 
 Refinement evaluates the network hundreds of times with the same condition. `encode_condition`
 and `denoise_cached` split the computation exactly: the condition's share of each block's first
@@ -36,6 +37,22 @@ def gelu(x):
   return jax.nn.gelu(x, approximate=False)
 
 
+def torch_linear_init(key, shape, dtype=jnp.float32):
+  """PyTorch's default `nn.Linear` init for a flax kernel [in, out]: U(-1/sqrt(in), 1/sqrt(in))."""
+  bound = 1.0 / math.sqrt(shape[0])
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def Dense(features: int, name: str, fan_in: int) -> nn.Dense:
+  """`nn.Dense` initialised like PyTorch's `nn.Linear` (weights and bias U(+-1/sqrt(fan_in)))."""
+
+  def bias_init(key, shape, dtype=jnp.float32):
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return nn.Dense(features, name=name, kernel_init=torch_linear_init, bias_init=bias_init)
+
+
 def sinusoidal_embedding(t, dim: int):
   """Sinusoidal timestep embedding, sin first: [...] -> [..., dim].
 
@@ -57,8 +74,8 @@ class TimeMLP(nn.Module):
 
   @nn.compact
   def __call__(self, t):
-    h = nn.Dense(self.time_dim, name="1")(sinusoidal_embedding(t, self.dim))
-    return nn.Dense(self.time_dim, name="3")(gelu(h))
+    h = Dense(self.time_dim, "1", self.dim)(sinusoidal_embedding(t, self.dim))
+    return Dense(self.time_dim, "3", self.time_dim)(gelu(h))
 
 
 class MLPBlock(nn.Module):
@@ -70,9 +87,9 @@ class MLPBlock(nn.Module):
   @nn.compact
   def __call__(self, z):
     h = nn.LayerNorm(epsilon=LN_EPS, name="layer_norm1")(z)
-    h = gelu(nn.Dense(self.hidden, name="linear_layer1")(h))
+    h = gelu(Dense(self.hidden, "linear_layer1", z.shape[-1])(h))
     h = nn.LayerNorm(epsilon=LN_EPS, name="layer_norm2")(h)
-    return gelu(nn.Dense(self.out, name="linear_layer2")(h))
+    return gelu(Dense(self.out, "linear_layer2", self.hidden)(h))
 
 
 class ResMLPBlock(nn.Module):
@@ -83,7 +100,7 @@ class ResMLPBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, tau, cond):
-    scale_shift = nn.Dense(2 * self.dim, name="mlp_1")(nn.silu(tau))
+    scale_shift = Dense(2 * self.dim, "mlp_1", tau.shape[-1])(nn.silu(tau))
     scale, shift = jnp.split(scale_shift, 2, axis=-1)
     x = x * (1.0 + scale) + shift
     z = jnp.concatenate([x, cond], axis=-1) if cond is not None else x
@@ -92,11 +109,11 @@ class ResMLPBlock(nn.Module):
 
 def _branch(module, name, x, tau_t, cond, dim, hidden, num_blocks):
   """init_mlp -> blocks -> final_mlp of one branch (pose or betas), built inside `module`."""
-  h = nn.Dense(dim, name=f"init_mlp{name}")(x)
+  h = Dense(dim, f"init_mlp{name}", dim)(x)
   tau = TimeMLP(dim, 4 * dim, name=f"time_mlp{name}")(tau_t)
   for i in range(num_blocks):
     h = ResMLPBlock(dim, hidden, name=f"blocks{name}_{i}")(h, tau, cond)
-  return nn.Dense(dim, name=f"final_mlp{name}")(h)
+  return Dense(dim, f"final_mlp{name}", dim)(h)
 
 
 class ScoreNet(nn.Module):
