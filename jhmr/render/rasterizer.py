@@ -284,27 +284,30 @@ def rasterize(
   mask = winner >= 0
   face_ids = jnp.where(mask, winner - jnp.arange(batch)[:, None, None] * num_faces, -1)
 
-  # ---- Per-pixel attributes from the winning face (differentiable in the vertices).
+  # ---- Per-pixel attributes from the winning face (differentiable in the vertices): one gather
+  # of a per-face table (coefficients, inverse depths, normals) by the winner index.
   xy, z, inv_z = screen(vertices)
-  safe_face = jnp.where(mask, face_ids, 0)
-  bidx = jnp.arange(batch)[:, None, None]
-  tri = faces[safe_face]  # [B, H, W, 3]
-  pix_xy = xy[bidx[..., None], tri]  # [B, H, W, 3, 2]
-  pix_iz = inv_z[bidx[..., None], tri]  # [B, H, W, 3]
-  pcoef, _ = _face_setup(pix_xy, pix_iz)
+  tri_v = vertices[:, faces]  # [B, F, 3, 3]
+  face_iz = inv_z[:, faces]  # [B, F, 3]
+  coef, _ = _face_setup(xy[:, faces], face_iz)
+  if smooth_normals:
+    face_n = vertex_normals(vertices, faces)[:, faces].reshape(batch, num_faces, 9)
+  else:
+    face_n = jnp.cross(tri_v[:, :, 1] - tri_v[:, :, 0], tri_v[:, :, 2] - tri_v[:, :, 0])
+  table = jnp.concatenate([coef, face_iz, face_n], axis=-1).reshape(batch * num_faces, -1)
+  rows = table[jnp.where(mask, winner, 0)]  # [B, H, W, 9 + 3 + (3 or 9)]
   px = jnp.arange(width, dtype=dtype)[None, None, :] + 0.5
   py = jnp.arange(height, dtype=dtype)[None, :, None] + 0.5
-  b0, b1, b2, iz = _eval(pcoef, px, py)
+  b0, b1, b2, iz = _eval(rows[..., :9], px, py)
+  pix_iz = rows[..., 9:12]
   iz = jnp.where(mask, iz, 1.0)
   depth = jnp.where(mask, 1.0 / iz, 0.0)
   bary = jnp.stack([b0, b1, b2], -1) * pix_iz / iz[..., None]
   bary = jnp.where(mask[..., None], bary, 0.0)
   if smooth_normals:
-    vn = vertex_normals(vertices, faces)
-    n = jnp.sum(vn[bidx[..., None], tri] * bary[..., None], axis=-2)
+    n = jnp.einsum("bhwk,bhwkc->bhwc", bary, rows[..., 12:].reshape(*mask.shape, 3, 3))
   else:
-    tv = vertices[bidx[..., None], tri]  # [B, H, W, 3, 3]
-    n = jnp.cross(tv[..., 1, :] - tv[..., 0, :], tv[..., 2, :] - tv[..., 0, :])
+    n = rows[..., 12:]
   n = n / jnp.maximum(jnp.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
   normals = jnp.where(mask[..., None], n, 0.0)
   return Fragments(depth=depth, mask=mask, face_ids=face_ids, bary=bary, normals=normals)
