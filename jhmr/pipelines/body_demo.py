@@ -1,0 +1,152 @@
+"""Body demo: renders the default body in a few poses, with OpenPose keypoints, and exports a mesh.
+
+The placeholder main job (`configs/body_demo.py`): it exercises the body model, the cameras and the
+rasteriser end to end. Outputs in `workdir`:
+  pose_<name>.png   shaded mesh over a plain background, projected OpenPose BODY_25 keypoints
+  poses.png         the poses side by side
+  rest_pose.obj     the rest-pose (T-pose) mesh
+and it prints the 24 rest-pose joints.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jhmr.body import io as body_io
+from jhmr.geometry import cameras
+from jhmr.render import mesh_io, overlay, rasterizer, shading
+
+# Demo poses: SMPL joint name -> axis-angle (radians) in the body frame (Y up, facing +Z, the
+# body's left towards +X). Not model constants: just recognisable shapes for a picture.
+DEMO_POSES = {
+  "t_pose": {},
+  "arms_down": {"left_shoulder": (0.0, 0.0, -1.2), "right_shoulder": (0.0, 0.0, 1.2)},
+  "walking": {
+    "left_hip": (-0.5, 0.0, 0.0),
+    "right_hip": (0.35, 0.0, 0.0),
+    "left_knee": (0.15, 0.0, 0.0),
+    "right_knee": (0.7, 0.0, 0.0),
+    "left_shoulder": (0.35, 0.0, -1.2),
+    "right_shoulder": (-0.45, 0.0, 1.2),
+    "left_elbow": (0.0, -0.3, 0.0),
+    "right_elbow": (0.0, 0.5, 0.0),
+  },
+  "squat": {
+    "left_hip": (-1.6, 0.0, -0.2),
+    "right_hip": (-1.6, 0.0, 0.2),
+    "left_knee": (2.1, 0.0, 0.0),
+    "right_knee": (2.1, 0.0, 0.0),
+    "left_ankle": (-0.4, 0.0, 0.0),
+    "right_ankle": (-0.4, 0.0, 0.0),
+    "spine1": (0.4, 0.0, 0.0),
+    "left_shoulder": (-1.3, 0.0, -0.3),
+    "right_shoulder": (-1.3, 0.0, 0.3),
+  },
+}
+
+# Body frame (Y up, facing +Z) -> camera frame (Y down, +Z forward): 180 degrees about X, so the
+# body faces the camera.
+_BODY_TO_CAMERA = np.diag([1.0, -1.0, -1.0]).astype(np.float32)
+
+
+def pose_parameters(names: tuple[str, ...], joint_names: tuple[str, ...]):
+  """Demo pose names -> (global_orient [P, 3], body_pose [P, 23, 3]) axis-angle arrays."""
+  body_pose = np.zeros((len(names), len(joint_names) - 1, 3), np.float32)
+  for p, name in enumerate(names):
+    if name not in DEMO_POSES:
+      raise ValueError(f"unknown demo pose {name!r}; valid: {sorted(DEMO_POSES)}")
+    for joint, aa in DEMO_POSES[name].items():
+      body_pose[p, joint_names.index(joint) - 1] = aa
+  return np.zeros((len(names), 3), np.float32), body_pose
+
+
+def frame_camera(vertices, image_size: int, focal_length: float, fill: float = 0.85):
+  """A ScoreHMR-style camera that frames camera-space meshes [P, V, 3] (centred at the origin).
+
+  Each mesh gets a weak-perspective crop camera (s, tx, ty) that centres its bounding box and
+  makes its larger side span `fill` of the image, converted to a perspective translation with
+  `weak_perspective_to_translation` (ScoreHMR's tz = 2 f / (size * s)). Returns [P, 3].
+  """
+  lo, hi = jnp.min(vertices, axis=1), jnp.max(vertices, axis=1)
+  centre = (lo + hi) / 2
+  extent = jnp.max((hi - lo)[:, :2], axis=-1)
+  cam = jnp.stack([2.0 * fill / extent, -centre[:, 0], -centre[:, 1]], axis=-1)
+  t = cameras.weak_perspective_to_translation(cam, focal_length, image_size)
+  return t.at[:, 2].add(-centre[:, 2])  # the box centre (not the origin) sits at depth tz
+
+
+def run(config, workdir: str) -> dict:
+  """Renders `config.poses` of the body model to PNGs in `workdir` and exports the rest mesh.
+
+  Args:
+    config: ConfigDict with `body_model` (None = the default Anny model, or 'anny-tiny' / a
+      path), `poses` (names from `DEMO_POSES`), `image_size`, `focal_length`, `mesh_alpha`,
+      `background` (RGB in [0, 1]) and `keypoint_set`.
+    workdir: output directory (created).
+
+  Returns:
+    {'images': [paths], 'grid': path, 'mesh': path, 'rest_joints': [24, 3] numpy array,
+     'coverage': {pose: silhouette fraction}}.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  model = body_io.load_body_model(config.body_model)
+  names = tuple(config.poses)
+  size = int(config.image_size)
+  global_orient, body_pose = pose_parameters(names, model.joint_names("smpl24"))
+  kp_set = config.keypoint_set if config.keypoint_set in model.available_joint_sets else "smpl24"
+  edges = overlay.OPENPOSE25_EDGES if kp_set == "openpose25" else None
+
+  @jax.jit
+  def pose_and_render(model, global_orient, body_pose):
+    out = model(jnp.zeros((1, model.num_betas)), body_pose, global_orient, joint_set=kp_set)
+    verts = out.vertices @ _BODY_TO_CAMERA.T
+    kps = (out.keypoints if out.keypoints is not None else out.joints) @ _BODY_TO_CAMERA.T
+    pelvis = out.joints[:, :1] @ _BODY_TO_CAMERA.T
+    verts, kps = verts - pelvis, kps - pelvis
+    t = frame_camera(verts, size, config.focal_length)
+    centre = jnp.array([size / 2.0, size / 2.0])
+    frags = rasterizer.rasterize(
+      verts + t[:, None], model.faces, config.focal_length, centre, (size, size),
+      smooth_normals=True,
+    )  # fmt: skip
+    background = jnp.broadcast_to(
+      jnp.asarray(config.background, jnp.float32), (*frags.mask.shape, 3)
+    )
+    images = shading.overlay_mesh(background, frags, alpha=config.mesh_alpha)
+    kp2d = cameras.perspective_projection(kps, t, config.focal_length, centre)
+    return images, kp2d, frags.mask.mean(axis=(1, 2))
+
+  images, kp2d, coverage = pose_and_render(
+    model, jnp.asarray(global_orient), jnp.asarray(body_pose)
+  )
+  paths, tiles = [], []
+  for p, name in enumerate(names):
+    conf = np.ones(kp2d.shape[1], np.float32)
+    if kp_set != "smpl24":  # keypoints the asset does not define are not drawn
+      conf = np.asarray(model.joint_sets[kp_set].valid, np.float32)
+    tile = overlay.draw_keypoints(np.asarray(images[p]), np.asarray(kp2d[p]), conf, edges)
+    paths.append(overlay.save_png(workdir / f"pose_{name}.png", tile))
+    tiles.append(tile)
+  grid = overlay.save_png(workdir / "poses.png", np.concatenate(tiles, axis=1))
+
+  rest = jax.jit(
+    lambda m: m(jnp.zeros((1, m.num_betas)), jnp.zeros((1, 23, 3)), jnp.zeros((1, 3)))
+  )(model)
+  mesh = mesh_io.export_obj(workdir / "rest_pose.obj", rest.vertices[0], model.faces)
+  rest_joints = np.asarray(rest.joints[0])
+  print(f"Rest-pose joints of the body model ({model.num_vertices} vertices), metres, Y up:")
+  for name, xyz in zip(model.joint_names("smpl24"), rest_joints, strict=True):
+    print(f"  {name:15s} {xyz[0]:+.4f} {xyz[1]:+.4f} {xyz[2]:+.4f}")
+  print(f"wrote {len(paths)} pose images, {grid.name} and {mesh.name} to {workdir}")
+  return {
+    "images": paths,
+    "grid": grid,
+    "mesh": mesh,
+    "rest_joints": rest_joints,
+    "coverage": {n: float(c) for n, c in zip(names, np.asarray(coverage), strict=True)},
+  }
