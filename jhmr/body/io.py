@@ -138,16 +138,19 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
   return allowed
 
 
+_PY2_MODULES = {"copy_reg": "copyreg", "__builtin__": "builtins"}
+
+
 class SafeSmplUnpickler(pickle.Unpickler):
   """Unpickler for SMPL model files: numpy arrays, chumpy `Ch`, scipy CSC/CSR; nothing else.
 
-  Python 2 module names are mapped by pickle's `fix_imports` (`copy_reg` -> `copyreg`,
-  `__builtin__` -> `builtins`) before `find_class` sees them.
+  Python 2 module names (`copy_reg`, `__builtin__`) are mapped to their Python 3 names first.
   """
 
   _ALLOWED: dict[tuple[str, str], Any] | None = None
 
   def find_class(self, module: str, name: str) -> Any:
+    module = _PY2_MODULES.get(module, module)
     if SafeSmplUnpickler._ALLOWED is None:
       SafeSmplUnpickler._ALLOWED = _allowed_globals()
     try:
@@ -329,6 +332,8 @@ def random_body_model_arrays(
   `keypoints`, every joint set gets random rows mixing joints and a few vertices, with the last
   keypoint of each set marked invalid (a zero row).
   """
+  if num_vertices < 4 * joints_lib.NUM_JOINTS:
+    raise ValueError(f"num_vertices must be >= {4 * joints_lib.NUM_JOINTS}, got {num_vertices}")
   rng = np.random.default_rng(seed)
   parents = joints_lib.SMPL_PARENTS
   rest = np.zeros((joints_lib.NUM_JOINTS, 3))
