@@ -221,11 +221,15 @@ def rasterize(
     xy = v[..., :2] / safe_z[..., None] * f[:, None, :] + c[:, None, :]
     return xy, z, 1.0 / safe_z
 
+  # Per-face screen-space coefficients, shared by both stages.
+  xy, z, inv_z = screen(vertices)
+  face_xy, face_z, face_iz = xy[:, faces], z[:, faces], inv_z[:, faces]  # [B, F, 3, (2)]
+  face_coef, face_area = _face_setup(face_xy, face_iz)
+
   # ---- Visibility (no gradient): z-buffer of 1/z, then the winning face per pixel.
   v_sg = jax.lax.stop_gradient(vertices)
-  xy, z, inv_z = screen(v_sg)
-  tri_xy, tri_z = xy[:, faces], z[:, faces]  # [B, F, 3, 2], [B, F, 3]
-  coef, area = _face_setup(tri_xy, inv_z[:, faces])
+  tri_xy, tri_z = jax.lax.stop_gradient((face_xy, face_z))
+  coef, area = jax.lax.stop_gradient((face_coef, face_area))
   valid = jnp.all(tri_z > near, axis=-1) & (jnp.abs(area) > 1e-12)
   valid &= jnp.all(jnp.isfinite(coef), axis=-1)
   if cull_backfaces:
@@ -286,15 +290,12 @@ def rasterize(
 
   # ---- Per-pixel attributes from the winning face (differentiable in the vertices): one gather
   # of a per-face table (coefficients, inverse depths, normals) by the winner index.
-  xy, z, inv_z = screen(vertices)
   tri_v = vertices[:, faces]  # [B, F, 3, 3]
-  face_iz = inv_z[:, faces]  # [B, F, 3]
-  coef, _ = _face_setup(xy[:, faces], face_iz)
   if smooth_normals:
     face_n = vertex_normals(vertices, faces)[:, faces].reshape(batch, num_faces, 9)
   else:
     face_n = jnp.cross(tri_v[:, :, 1] - tri_v[:, :, 0], tri_v[:, :, 2] - tri_v[:, :, 0])
-  table = jnp.concatenate([coef, face_iz, face_n], axis=-1).reshape(batch * num_faces, -1)
+  table = jnp.concatenate([face_coef, face_iz, face_n], axis=-1).reshape(batch * num_faces, -1)
   rows = table[jnp.where(mask, winner, 0)]  # [B, H, W, 9 + 3 + (3 or 9)]
   px = jnp.arange(width, dtype=dtype)[None, None, :] + 0.5
   py = jnp.arange(height, dtype=dtype)[None, :, None] + 0.5
