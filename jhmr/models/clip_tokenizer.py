@@ -233,14 +233,35 @@ def read_merges(path: str | pathlib.Path) -> list[tuple[str, str]]:
   return merges
 
 
+def _read_tokenizer_json(path: pathlib.Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
+  """vocab and merges from a `tokenizers` tokenizer.json holding a CLIP-style BPE model."""
+  model = json.loads(path.read_text(encoding="utf-8")).get("model", {})
+  if model.get("type") != "BPE" or model.get("end_of_word_suffix") != WORD_END:
+    raise ValueError(f"{path}: not a CLIP BPE tokenizer (type {model.get('type')!r})")
+  merges = []
+  for m in model.get("merges", []):
+    pair = m.split() if isinstance(m, str) else list(m)
+    if len(pair) != 2:
+      raise ValueError(f"{path}: a merge must be two symbols, got {m!r}")
+    merges.append((pair[0], pair[1]))
+  return dict(model["vocab"]), merges
+
+
 def load_tokenizer(folder: str | pathlib.Path, max_length: int | None = None) -> CLIPTokenizer:
-  """An SD `tokenizer/` folder (`vocab.json`, `merges.txt`, optional `tokenizer_config.json` /
-  `special_tokens_map.json` for the special tokens and `model_max_length`) -> `CLIPTokenizer`."""
+  """An SD `tokenizer/` folder -> `CLIPTokenizer`.
+
+  Reads `vocab.json` + `merges.txt` (the files SD checkpoints ship), or else `tokenizer.json`
+  (what transformers 5 writes), plus the special tokens and `model_max_length` from
+  `tokenizer_config.json` / `special_tokens_map.json` when present.
+  """
   folder = pathlib.Path(folder)
-  for name in ("vocab.json", "merges.txt"):
-    if not (folder / name).is_file():
-      raise FileNotFoundError(f"{folder}: {name} not found")
-  vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+  if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    merges = read_merges(folder / "merges.txt")
+  elif (folder / "tokenizer.json").is_file():
+    vocab, merges = _read_tokenizer_json(folder / "tokenizer.json")
+  else:
+    raise FileNotFoundError(f"{folder}: neither vocab.json + merges.txt nor tokenizer.json found")
   settings: dict = {}
   for name in ("tokenizer_config.json", "special_tokens_map.json"):
     if (folder / name).is_file():
@@ -255,6 +276,4 @@ def load_tokenizer(folder: str | pathlib.Path, max_length: int | None = None) ->
   length = max_length or settings.get("model_max_length", 77)
   if length > 10_000:  # transformers' "unset" sentinel is ~1e30
     length = 77
-  return CLIPTokenizer(
-    vocab=vocab, merges=read_merges(folder / "merges.txt"), max_length=int(length), **tokens
-  )
+  return CLIPTokenizer(vocab=vocab, merges=merges, max_length=int(length), **tokens)

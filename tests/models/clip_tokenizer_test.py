@@ -122,6 +122,16 @@ def test_sd2_style_pad_token(folder, tmp_path):
   assert ours.pad_token_id == ours.vocab["!"] and want[-1] == ours.pad_token_id
 
 
+def test_tokenizer_json_folder(pair, tmp_path):
+  """transformers 5 saves tokenizer.json only; the loader reads its vocab and merges."""
+  ref, ours = pair
+  ref.save_pretrained(tmp_path)
+  assert not (tmp_path / "merges.txt").exists()
+  loaded = T.load_tokenizer(tmp_path)
+  assert loaded.merges == ours.merges and dict(loaded.vocab) == dict(ours.vocab)
+  np.testing.assert_array_equal(loaded(PROMPTS), ours(PROMPTS))
+
+
 def test_decode_round_trip(pair):
   _, ours = pair
   text = "a photo of an astronaut, 4k!"
@@ -129,7 +139,7 @@ def test_decode_round_trip(pair):
 
 
 def test_bad_inputs(folder, tmp_path):
-  with pytest.raises(FileNotFoundError, match="vocab.json"):
+  with pytest.raises(FileNotFoundError, match="tokenizer.json"):
     T.load_tokenizer(tmp_path)
   vocab = {"a": 0, T.EOS: 1, T.BOS: 2}
   with pytest.raises(ValueError, match="not in the vocabulary"):
