@@ -1,0 +1,1 @@
+"""CMU motion capture retargeted to the SMPL 24-joint skeleton (TFDS builder)."""
