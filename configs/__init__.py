@@ -1,0 +1,1 @@
+"""Experiment configs, run as `python -m jhmr.launch --config configs/<name>.py[:variant]`."""

@@ -1,0 +1,49 @@
+"""Pieces shared by every config: the trainer defaults and the `name:variant` argument parser."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, *, variants: tuple[str, ...]) -> str:
+  """The variant named after the colon in `--config configs/x.py:variant` ('' for the default).
+
+  Raises ValueError naming the valid variants for anything else.
+  """
+  variant = (arg or "").strip()
+  if variant and variant not in variants:
+    raise ValueError(f"unknown config variant {variant!r}; valid: {', '.join(variants)}")
+  return variant
+
+
+def trainer_config(
+  *, steps: int, batch_size: int, learning_rate: float
+) -> ml_collections.ConfigDict:
+  """Defaults of `jhmr.train.train`: Adam, constant schedule, clipping 1.0, ema-pytorch EMA."""
+  return ml_collections.ConfigDict(
+    dict(
+      train=dict(
+        steps=steps,
+        batch_size=batch_size,
+        log_every=max(1, min(100, steps // 10)),
+        checkpoint_every=max(1, min(1000, steps // 4)),
+        keep_checkpoints=2,
+        eval_every=0,
+        progress=True,
+        sync_every_step=True,  # False lets GPU/TPU dispatch run ahead (CPU always syncs)
+        async_checkpoints=False,  # True overlaps writes; may then lose up to 2 intervals
+      ),
+      optimizer=dict(
+        name="adam",
+        learning_rate=learning_rate,
+        schedule="constant",
+        warmup_steps=0,
+        final_lr_fraction=0.0,
+        b1=0.9,
+        b2=0.999,
+        weight_decay=0.0,
+        clip_norm=1.0,
+      ),
+      ema=dict(decay=0.995, every=10, start=100),
+    )
+  )
