@@ -156,6 +156,8 @@ class BodyModel:
 
   def _forward(self, betas, body_pose, global_orient, transl, pose_format, joint_set, mesh):
     rot_shape = rotations.trailing_shape(pose_format)
+    if joint_set is not None and joint_set != "smpl24":
+      self._joint_set(joint_set)  # raises for an unknown set before any work
     betas, body_pose, global_orient, transl, batch = self._prepare(
       betas, body_pose, global_orient, transl, pose_format, rot_shape
     )
@@ -273,24 +275,51 @@ class BodyModel:
     )
 
 
+def _levels(parents: tuple[int, ...]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+  """Joints grouped by tree depth: [(joints at depth d, index of each one's parent within
+  depth d - 1)] (static, from the parent tuple)."""
+  depth = [0] * len(parents)
+  for i, p in enumerate(parents):
+    if i > 0:
+      if not 0 <= p < i:
+        raise ValueError(f"parents must satisfy 0 <= parents[i] < i for i > 0, got {parents}")
+      depth[i] = depth[p] + 1
+  groups = [tuple(i for i in range(len(parents)) if depth[i] == d) for d in range(max(depth) + 1)]
+  out = [(groups[0], ())]
+  for d in range(1, len(groups)):
+    out.append((groups[d], tuple(groups[d - 1].index(parents[i]) for i in groups[d])))
+  return out
+
+
 def forward_kinematics(
   rot_local: jnp.ndarray, rest_joints: jnp.ndarray, parents: tuple[int, ...]
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """World rotations [N, J, 3, 3] and positions [N, J, 3] of every joint frame.
+
+  G_i = G_parent(i) [R_i | J_i - J_parent(i)], evaluated one tree level at a time (all joints
+  of a depth in one batched product), which keeps the compiled graph small.
 
   Args:
     rot_local: [N, J, 3, 3] rotation of each joint relative to its parent.
     rest_joints: [N, J, 3] rest-pose joint positions.
     parents: static parent indices (root -1, parents[i] < i).
   """
-  g_rot = [rot_local[:, 0]]
-  g_pos = [rest_joints[:, 0]]
-  for i in range(1, len(parents)):
-    p = parents[i]
-    offset = rest_joints[:, i] - rest_joints[:, p]
-    g_rot.append(jnp.einsum("nab,nbc->nac", g_rot[p], rot_local[:, i]))
-    g_pos.append(jnp.einsum("nab,nb->na", g_rot[p], offset) + g_pos[p])
-  return jnp.stack(g_rot, axis=1), jnp.stack(g_pos, axis=1)
+  levels = _levels(tuple(parents))
+  root = levels[0][0]
+  rot, pos = rot_local[:, root], rest_joints[:, root]
+  rots, poss, order = [rot], [pos], list(root)
+  for joints, parent_slots in levels[1:]:
+    idx, pidx = np.array(joints), np.array(parent_slots)
+    parent_of = np.array([parents[i] for i in joints])
+    offset = rest_joints[:, idx] - rest_joints[:, parent_of]
+    p_rot, p_pos = rot[:, pidx], pos[:, pidx]
+    rot = jnp.einsum("nkab,nkbc->nkac", p_rot, rot_local[:, idx])
+    pos = jnp.einsum("nkab,nkb->nka", p_rot, offset) + p_pos
+    rots.append(rot)
+    poss.append(pos)
+    order += joints
+  inverse = np.argsort(np.array(order))
+  return jnp.concatenate(rots, axis=1)[:, inverse], jnp.concatenate(poss, axis=1)[:, inverse]
 
 
 def skin_vertices(

@@ -157,10 +157,14 @@ def test_pose_formats_agree(random_asset):
   }
   six = {k: rotations.matrix_to_rot6d(v) for k, v in mats.items()}
   base = _forward(model, params)
-  for fmt, conv in (("rotmat", mats), ("rot6d", six)):
-    out = jax.jit(lambda m, p, fmt=fmt: m(**p, pose_format=fmt, joint_set="coco17"))(
-      model, dict(params, **conv)
-    )
+
+  @jax.jit
+  def formats(m, p, mats, six):
+    rm = m(**dict(p, **mats), pose_format="rotmat", joint_set="coco17")
+    r6 = m(**dict(p, **six), pose_format="rot6d", joint_set="coco17")
+    return rm, r6
+
+  for fmt, out in zip(("rotmat", "rot6d"), formats(model, params, mats, six), strict=True):
     np.testing.assert_allclose(out.vertices, base.vertices, atol=1e-5, err_msg=fmt)
     np.testing.assert_allclose(out.keypoints, base.keypoints, atol=1e-5, err_msg=fmt)
 
@@ -202,10 +206,16 @@ def test_joints_only_equals_full_path_without_posedirs(tmp_path):
   model = body_io.load_body_model(tmp_path / "m.npz")
   assert not model.has_posedirs and model.posedirs is None
   params = _random_params(8, num_betas=8)
-  for name in ("openpose25", "lsp14"):
-    full = jax.jit(lambda m, p, n=name: m(**p, joint_set=n))(model, params)
-    fast = jax.jit(lambda m, p, n=name: m.joints_only(**p, joint_set=n))(model, params)
-    np.testing.assert_allclose(fast.keypoints, full.keypoints, atol=1e-5, err_msg=name)
+
+  @jax.jit
+  def both(m, p):
+    names = ("openpose25", "lsp14")
+    full = [m(**p, joint_set=n).keypoints for n in names]
+    return full, [m.joints_only(**p, joint_set=n).keypoints for n in names]
+
+  full, fast = both(model, params)
+  for a, b in zip(full, fast, strict=True):
+    np.testing.assert_allclose(b, a, atol=1e-5)
 
 
 def test_vmap_and_broadcasting(random_asset):
