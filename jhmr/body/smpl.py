@@ -184,7 +184,8 @@ class BodyModel:
 
     vertices = keypoints = None
     if mesh:
-      v_posed = self.v_template + jnp.einsum("vcl,nl->nvc", self.shapedirs, betas)
+      blend = betas @ jnp.reshape(self.shapedirs, (self.num_vertices * 3, self.num_betas)).T
+      v_posed = self.v_template + jnp.reshape(blend, (n, self.num_vertices, 3))
       if pose_feature is not None:
         v_posed = v_posed + jnp.reshape(pose_feature @ self.posedirs, (n, self.num_vertices, 3))
       vertices = skin_vertices(self.weights, g_rot, skin_t, v_posed) + transl[:, None]
@@ -326,12 +327,16 @@ def skin_vertices(
   weights: jnp.ndarray, g_rot: jnp.ndarray, skin_t: jnp.ndarray, v_posed: jnp.ndarray
 ) -> jnp.ndarray:
   """Linear blend skinning: [N, V, 3] from weights [V, J], rotations [N, J, 3, 3],
-  skinning translations [N, J, 3] and rest-pose (blended) vertices [N, V, 3]."""
+  skinning translations [N, J, 3] and rest-pose (blended) vertices [N, V, 3].
+
+  The blended transform of each vertex is one matmul with the rotations stored column by
+  column, so applying it is three fused multiply-adds (no [N, V, 3, 3] contraction).
+  """
   n, j = g_rot.shape[:2]
-  a = jnp.concatenate([jnp.reshape(g_rot, (n, j, 9)), skin_t], axis=-1)  # [N, J, 12]
-  t = jnp.einsum("vj,njk->nvk", weights, a)  # [N, V, 12]
-  rot = jnp.reshape(t[..., :9], (*t.shape[:-1], 3, 3))
-  return jnp.einsum("nvab,nvb->nva", rot, v_posed) + t[..., 9:]
+  columns = jnp.reshape(jnp.swapaxes(g_rot, -1, -2), (n, j, 9))
+  t = jnp.einsum("vj,njk->nvk", weights, jnp.concatenate([columns, skin_t], axis=-1))
+  x, y, z = v_posed[..., 0:1], v_posed[..., 1:2], v_posed[..., 2:3]
+  return t[..., 0:3] * x + t[..., 3:6] * y + t[..., 6:9] * z + t[..., 9:12]
 
 
 def rigid_transforms(rot: jnp.ndarray, pos: jnp.ndarray) -> jnp.ndarray:
