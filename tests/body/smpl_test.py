@@ -97,41 +97,41 @@ def test_loaded_model_matches_file(random_asset):
   assert model.joint_names()[0] == "pelvis"
 
 
-def test_matches_smplx_batched(random_asset):
-  _, _, model, ref = random_asset
+def test_matches_smplx_batched(reference_asset):
+  _, _, model, ref = reference_asset
   params = _random_params(1)
   out = _forward(model, params)
   verts, joints = _smplx_forward(ref, params)
-  assert out.vertices.shape == (BATCH, V, 3)
+  assert out.vertices.shape == (BATCH, model.num_vertices, 3)
   np.testing.assert_allclose(out.vertices, verts, atol=1e-5)
   np.testing.assert_allclose(out.joints, joints, atol=1e-5)
 
 
-def test_matches_smplx_unbatched_and_fewer_betas(random_asset):
-  _, _, model, ref = random_asset
+def test_matches_smplx_unbatched_and_fewer_betas(reference_asset):
+  _, _, model, ref = reference_asset
   params = _random_params(2, batch=(), num_betas=4)
   out = _forward(model, params)
-  assert out.vertices.shape == (V, 3) and out.joints.shape == (24, 3)
+  assert out.vertices.shape == (model.num_vertices, 3) and out.joints.shape == (24, 3)
   padded = dict(params, betas=np.pad(params["betas"], (0, 6)))
   verts, joints = _smplx_forward(ref, {k: v[None] for k, v in padded.items()})
   np.testing.assert_allclose(out.vertices, verts[0], atol=1e-5)
   np.testing.assert_allclose(out.joints, joints[0], atol=1e-5)
 
 
-def test_gradients_match_torch_autograd(random_asset):
+def test_gradients_match_torch_autograd(reference_asset):
   import torch
 
-  _, _, model, ref = random_asset
+  _, _, model, ref = reference_asset
   params = _random_params(3, batch=(2,))
   rng = np.random.default_rng(4)
-  wv = rng.normal(size=(2, V, 3)).astype(np.float32)
+  wv = rng.normal(size=(2, model.num_vertices, 3)).astype(np.float32)
   wj = rng.normal(size=(2, 24, 3)).astype(np.float32)
 
-  def loss(p):
-    out = model(**p)
+  def loss(p, m):
+    out = m(**p)
     return jnp.sum(out.vertices * wv) + jnp.sum(out.joints * wj)
 
-  grads = jax.jit(jax.grad(loss))(params)
+  grads = jax.jit(jax.grad(loss))(params, model)
   t = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
   out = ref(
     betas=t["betas"],
@@ -262,33 +262,37 @@ def test_official_smpl_file_without_joint_sets_has_only_smpl24(random_asset):
 
 @pytest.fixture(scope="module")
 def tiny_anny(tmp_path_factory):
+  """(plain pickle path, arrays, jhmr model, smplx model) of the tiny Anny asset."""
   path = body_io.NAMED_MODELS["anny-tiny"]
   if not path.is_file():
     pytest.skip(f"tiny Anny asset not committed yet ({path})")
   arrays = body_io.read_npz(path)
   pkl = tmp_path_factory.mktemp("anny") / "SMPL_NEUTRAL.pkl"
-  plain = {
-    k: arrays[k]
-    for k in ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table")
-  }
+  keys = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table")
   with open(pkl, "wb") as f:
-    pickle.dump(plain, f, protocol=2)
-  return body_io.load_body_model("anny-tiny"), _smplx_model(pkl), arrays
+    pickle.dump({k: arrays[k] for k in keys}, f, protocol=2)
+  return pkl, arrays, body_io.load_body_model("anny-tiny"), _smplx_model(pkl)
 
 
-def test_tiny_anny_matches_smplx(tiny_anny):
-  model, ref, arrays = tiny_anny
-  nb = model.num_betas
-  params = _random_params(12, batch=(3,), num_betas=min(nb, 10))
-  out = (
-    _forward(model, params)
-    if "coco17" in model.joint_sets
-    else jax.jit(lambda m, p: m(**p))(model, params)
-  )
-  verts, joints = _smplx_forward(ref, params)
-  np.testing.assert_allclose(out.vertices, verts, atol=1e-5)
-  np.testing.assert_allclose(out.joints, joints, atol=1e-5)
-  for name in model.joint_sets:
-    full = jax.jit(lambda m, p, n=name: m(**p, joint_set=n))(model, params)
-    fast = jax.jit(lambda m, p, n=name: m.joints_only(**p, joint_set=n))(model, params)
-    np.testing.assert_allclose(fast.keypoints, full.keypoints, atol=1e-5, err_msg=name)
+@pytest.fixture(scope="module", params=["random", "anny-tiny"])
+def reference_asset(request):
+  """Both assets compared against smplx: the random file and the shipped tiny Anny model."""
+  return request.getfixturevalue("random_asset" if request.param == "random" else "tiny_anny")
+
+
+def test_tiny_anny_asset_is_complete(tiny_anny):
+  _, arrays, model, _ = tiny_anny
+  assert model.num_vertices == arrays["v_template"].shape[0]
+  assert not model.has_posedirs  # Anny has no pose correctives
+  assert set(model.joint_sets) == {"openpose25", "coco17", "h36m17", "lsp14"}
+  params = _random_params(12, batch=(3,))
+
+  @jax.jit
+  def both(m, p):
+    names = sorted(m.joint_sets)
+    return [m(**p, joint_set=n).keypoints for n in names], [
+      m.joints_only(**p, joint_set=n).keypoints for n in names
+    ]
+
+  for a, b in zip(*both(model, params), strict=True):
+    np.testing.assert_allclose(b, a, atol=1e-5)
