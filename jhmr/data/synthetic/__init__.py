@@ -1,0 +1,1 @@
+"""Synthetic observations with SMPL-format ground truth (TFDS builder)."""
