@@ -200,6 +200,26 @@ def test_joints_only_equals_full_path(random_asset):
   np.testing.assert_allclose(fast.keypoints, full.keypoints, atol=1e-5)
 
 
+def test_joints_only_gradient_at_rest_pose_is_finite_and_exact(random_asset):
+  """The guidance hot path: d keypoints / d pose at the identity pose (the Taylor branch)."""
+  _, _, model, _ = random_asset
+  params = dict(_random_params(13, batch=(2,)), body_pose=np.zeros((2, 23, 3), np.float32))
+
+  @jax.jit
+  def grads(m, p):
+    fast = lambda q: jnp.sum(m.joints_only(**q, joint_set="coco17").keypoints ** 2)
+    full = lambda q: jnp.sum(m(**q, joint_set="coco17").keypoints ** 2)
+    return jax.grad(fast)(p), jax.grad(full)(p)
+
+  fast, full = grads(model, params)
+  for key in params:
+    assert np.all(np.isfinite(fast[key])), key
+    np.testing.assert_allclose(
+      fast[key], full[key], atol=1e-4 * np.abs(full[key]).max(), err_msg=key
+    )
+  assert np.abs(fast["body_pose"]).max() > 0
+
+
 def test_joints_only_equals_full_path_without_posedirs(tmp_path):
   arrays = body_io.random_body_model_arrays(1, 200, num_betas=8, pose_correctives=False)
   body_io.save_body_model_npz(arrays, tmp_path / "m.npz")
