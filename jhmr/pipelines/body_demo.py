@@ -43,8 +43,8 @@ DEMO_POSES = {
     "left_ankle": (-0.4, 0.0, 0.0),
     "right_ankle": (-0.4, 0.0, 0.0),
     "spine1": (0.4, 0.0, 0.0),
-    "left_shoulder": (-1.3, 0.0, -0.3),
-    "right_shoulder": (-1.3, 0.0, 0.3),
+    "left_shoulder": (0.0, -1.4, 0.0),  # arms stretched forward
+    "right_shoulder": (0.0, 1.4, 0.0),
   },
 }
 
@@ -53,15 +53,19 @@ DEMO_POSES = {
 _BODY_TO_CAMERA = np.diag([1.0, -1.0, -1.0]).astype(np.float32)
 
 
-def pose_parameters(names: tuple[str, ...], joint_names: tuple[str, ...]):
-  """Demo pose names -> (global_orient [P, 3], body_pose [P, 23, 3]) axis-angle arrays."""
+def pose_parameters(names: tuple[str, ...], joint_names: tuple[str, ...], yaw: float = 0.0):
+  """Demo pose names -> (global_orient [P, 3], body_pose [P, 23, 3]) axis-angle arrays.
+
+  `yaw` (radians) turns the body about its vertical axis (0: facing the camera).
+  """
   body_pose = np.zeros((len(names), len(joint_names) - 1, 3), np.float32)
   for p, name in enumerate(names):
     if name not in DEMO_POSES:
       raise ValueError(f"unknown demo pose {name!r}; valid: {sorted(DEMO_POSES)}")
     for joint, aa in DEMO_POSES[name].items():
       body_pose[p, joint_names.index(joint) - 1] = aa
-  return np.zeros((len(names), 3), np.float32), body_pose
+  global_orient = np.tile(np.array([0.0, yaw, 0.0], np.float32), (len(names), 1))
+  return global_orient, body_pose
 
 
 def frame_camera(vertices, image_size: int, focal_length: float, fill: float = 0.85):
@@ -84,8 +88,8 @@ def run(config, workdir: str) -> dict:
 
   Args:
     config: ConfigDict with `body_model` (None = the default Anny model, or 'anny-tiny' / a
-      path), `poses` (names from `DEMO_POSES`), `image_size`, `focal_length`, `mesh_alpha`,
-      `background` (RGB in [0, 1]) and `keypoint_set`.
+      path), `poses` (names from `DEMO_POSES`), `yaw_degrees` (view angle), `image_size`,
+      `focal_length`, `mesh_alpha`, `background` (RGB in [0, 1]) and `keypoint_set`.
     workdir: output directory (created).
 
   Returns:
@@ -97,7 +101,9 @@ def run(config, workdir: str) -> dict:
   model = body_io.load_body_model(config.body_model)
   names = tuple(config.poses)
   size = int(config.image_size)
-  global_orient, body_pose = pose_parameters(names, model.joint_names("smpl24"))
+  global_orient, body_pose = pose_parameters(
+    names, model.joint_names("smpl24"), np.deg2rad(config.yaw_degrees)
+  )
   kp_set = config.keypoint_set if config.keypoint_set in model.available_joint_sets else "smpl24"
   edges = overlay.OPENPOSE25_EDGES if kp_set == "openpose25" else None
 

@@ -50,8 +50,9 @@ def test_body_demo_tiny(tmp_path, capsys):
 def test_pose_parameters_and_unknown_pose():
   names = tuple(f"j{i}" for i in range(24))
   names = ("pelvis", *names[1:16], "left_shoulder", "right_shoulder", *names[18:])
-  go, bp = body_demo.pose_parameters(("t_pose", "arms_down"), names)
+  go, bp = body_demo.pose_parameters(("t_pose", "arms_down"), names, yaw=0.5)
   assert go.shape == (2, 3) and bp.shape == (2, 23, 3)
+  np.testing.assert_allclose(go, [[0.0, 0.5, 0.0]] * 2)
   assert not bp[0].any()
   np.testing.assert_allclose(bp[1, 15], body_demo.DEMO_POSES["arms_down"]["left_shoulder"])
   with pytest.raises(ValueError, match="unknown demo pose"):
