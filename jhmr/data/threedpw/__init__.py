@@ -1,0 +1,1 @@
+"""3DPW (TFDS builder)."""
