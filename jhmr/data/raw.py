@@ -63,7 +63,7 @@ def load_json(path: str | os.PathLike) -> Any:
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """All arrays of an `.npz` file (no pickled objects allowed)."""
   try:
-    with np.load(path, allow_pickle=False) as data:
+    with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
       return {k: data[k] for k in data.files}
   except ValueError as e:
     raise RawDataError(f"{path}: {e}") from None

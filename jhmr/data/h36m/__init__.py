@@ -1,0 +1,1 @@
+"""Human3.6M in the SPIN/ProHMR/ScoreHMR preprocessed npz format (TFDS builder)."""
