@@ -76,6 +76,7 @@ def main() -> None:
   joint_set = "openpose25" if "openpose25" in model.joint_sets else "smpl24"
   print(f"# body model: {label}; V={model.num_vertices}, posedirs={model.has_posedirs}")
   print(f"# jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__}")
+  print(f"# load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
 
   @jax.jit
   def forward(m, betas, pose, orient):
@@ -138,6 +139,7 @@ def main() -> None:
           f"{t_smplx / t_jhmr:.2f}x",
         )
       )
+    print(f"# batch {batch} done (load average {os.getloadavg()[0]:.1f})", flush=True)
   print_table(["pass", "batch", "jhmr samples/s", "smplx samples/s", "ratio"], rows)
 
 
