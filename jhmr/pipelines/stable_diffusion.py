@@ -100,7 +100,7 @@ def decode_latents(sd: StableDiffusion, params, latents):
   return jnp.clip(images / 2.0 + 0.5, 0.0, 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("sd", "start", "guided"))
+@functools.partial(jax.jit, static_argnames=("sd", "guided"))
 def denoise(
   sd: StableDiffusion,
   params,
@@ -109,23 +109,27 @@ def denoise(
   context,
   guidance_scale,
   depth=None,
+  start=0,
   *,
-  start: int = 0,
   guided: bool = True,
 ):
   """The sampling loop from step `start` to the end, as one `lax.scan`.
+
+  The scan runs over all steps and skips those before `start` with `lax.cond` (no U-Net call),
+  so `start` (i.e. the image-to-image strength) is traced: changing it never recompiles.
 
   Args:
     scheduler: a `jhmr.diffusion.schedulers` sampler (DDIM / PNDM / DPMSolverPP2M).
     latents: `[B, h, w, 4]` at the noise level of `scheduler.timesteps[start]`.
     context: `[2B, S, D]` (`[uncond; cond]`) when guided, else `[B, S, D]`.
     depth: `[B, h, w, 1]` extra U-Net input channel (depth models), or None.
+    start: int, the first step index.
 
   Returns:
     the denoised latents `[B, h, w, 4]`.
   """
 
-  def body(carry, i):
+  def step(carry, i):
     x, state = carry
     t = scheduler.timesteps[i]
     inp = jnp.concatenate([x, x]) if guided else x
@@ -135,12 +139,14 @@ def denoise(
     if guided:
       uncond, cond = jnp.split(out, 2)
       out = S.classifier_free_guidance(uncond, cond, guidance_scale)
-    x, state = scheduler.step(state, out, i, x)
-    return (x, state), None
+    return scheduler.step(state, out.astype(x.dtype), i, x)
+
+  def body(carry, i):
+    return jax.lax.cond(i >= start, step, lambda c, _: c, carry, i), None
 
   n = scheduler.timesteps.shape[0]
   carry = (latents, scheduler.init_state(latents))
-  (latents, _), _ = jax.lax.scan(body, carry, jnp.arange(start, n))
+  (latents, _), _ = jax.lax.scan(body, carry, jnp.arange(n))
   return latents
 
 
@@ -250,7 +256,7 @@ def image_to_image(
   k_vae, k_noise = jax.random.split(key)
   init = encode_images(sd, params, k_vae, image)
   start, latents = _noised_start(sd, k_noise, sched, num_steps, strength, init)
-  out = denoise(sd, params, sched, latents, context, guidance_scale, start=start, guided=guided)
+  out = denoise(sd, params, sched, latents, context, guidance_scale, None, start, guided=guided)
   return out if return_latents else decode_latents(sd, params, out)
 
 
@@ -295,9 +301,7 @@ def depth_to_image(
     raise ValueError(f"depth must be [{b}, H, W], got shape {depth.shape}")
   cond = prepare_depth(depth, (h, w))
   start, latents = _noised_start(sd, k_noise, sched, num_steps, strength, init_latents)
-  out = denoise(
-    sd, params, sched, latents, context, guidance_scale, cond, start=start, guided=guided
-  )
+  out = denoise(sd, params, sched, latents, context, guidance_scale, cond, start, guided=guided)
   return out if return_latents else decode_latents(sd, params, out)
 
 
