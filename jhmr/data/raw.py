@@ -40,12 +40,24 @@ def require(root: str | os.PathLike, relative: str, dataset: str) -> pathlib.Pat
   return path
 
 
+class DataUnpickler(body_io.SafeSmplUnpickler):
+  """`jhmr.body.io.SafeSmplUnpickler` (numpy arrays, dtypes, scalars) plus the inert builtins
+  that dataset pickles also hold (`bytes`, e.g. of empty arrays written by Python 3)."""
+
+  _EXTRA = {("builtins", "bytes"): bytes, ("__builtin__", "bytes"): bytes}
+
+  def find_class(self, module: str, name: str) -> Any:
+    if (module, name) in self._EXTRA:
+      return self._EXTRA[(module, name)]
+    return super().find_class(module, name)
+
+
 def load_pickle(path: str | os.PathLike) -> Any:
   """Loads a (Python 2 / latin-1) pickle holding only numpy arrays, numbers, strings, lists and
   dicts; anything else (e.g. arbitrary classes) raises RawDataError naming the file."""
   try:
     with open(path, "rb") as f:
-      return body_io.SafeSmplUnpickler(f, encoding="latin1").load()
+      return DataUnpickler(f, encoding="latin1").load()
   except body_io.UnsafePickleError as e:
     raise RawDataError(f"{path}: {e}") from None
   except Exception as e:  # truncated or not a pickle at all

@@ -1,0 +1,1 @@
+"""EMDB (TFDS builder)."""
