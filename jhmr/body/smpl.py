@@ -156,8 +156,7 @@ class BodyModel:
 
   def _forward(self, betas, body_pose, global_orient, transl, pose_format, joint_set, mesh):
     rot_shape = rotations.trailing_shape(pose_format)
-    if joint_set is not None and joint_set != "smpl24":
-      self._joint_set(joint_set)  # raises for an unknown set before any work
+    keypoint_set = None if joint_set in (None, "smpl24") else self._joint_set(joint_set)
     betas, body_pose, global_orient, transl, batch = self._prepare(
       betas, body_pose, global_orient, transl, pose_format, rot_shape
     )
@@ -189,14 +188,14 @@ class BodyModel:
       if pose_feature is not None:
         v_posed = v_posed + jnp.reshape(pose_feature @ self.posedirs, (n, self.num_vertices, 3))
       vertices = skin_vertices(self.weights, g_rot, skin_t, v_posed) + transl[:, None]
-      if joint_set is not None and joint_set != "smpl24":
-        keypoints = joints_lib.regress_keypoints(self._joint_set(joint_set), joints, vertices)
-    elif joint_set is not None and joint_set != "smpl24":
-      keypoints = self._keypoints_without_mesh(
-        self._joint_set(joint_set), betas, pose_feature, g_rot, skin_t, joints, transl
-      )
     if joint_set == "smpl24":
       keypoints = joints
+    elif keypoint_set is not None and vertices is not None:
+      keypoints = joints_lib.regress_keypoints(keypoint_set, joints, vertices)
+    elif keypoint_set is not None:
+      keypoints = self._keypoints_without_mesh(
+        keypoint_set, betas, pose_feature, g_rot, skin_t, joints, transl
+      )
 
     transforms = rigid_transforms(g_rot, joints)
     unflat = lambda x: None if x is None else jnp.reshape(x, (*batch, *x.shape[1:]))
@@ -227,20 +226,15 @@ class BodyModel:
     global_orient = jnp.asarray(global_orient)
     betas = jnp.asarray(betas)
     pose_tail = (NUM_BODY_JOINTS, *rot_shape)
-    if body_pose.ndim < len(pose_tail) or body_pose.shape[body_pose.ndim - len(pose_tail) :] != (
-      pose_tail
+    for name, x, tail in (
+      ("body_pose", body_pose, pose_tail),
+      ("global_orient", global_orient, rot_shape),
     ):
-      raise ValueError(
-        f"body_pose must have shape [..., {', '.join(map(str, pose_tail))}] for "
-        f"pose_format={pose_format!r}, got {body_pose.shape}"
-      )
-    if global_orient.ndim < len(rot_shape) or global_orient.shape[
-      global_orient.ndim - len(rot_shape) :
-    ] != tuple(rot_shape):
-      raise ValueError(
-        f"global_orient must have shape [..., {', '.join(map(str, rot_shape))}] for "
-        f"pose_format={pose_format!r}, got {global_orient.shape}"
-      )
+      if x.shape[max(x.ndim - len(tail), 0) :] != tuple(tail):
+        raise ValueError(
+          f"{name} must have shape [..., {', '.join(map(str, tail))}] for "
+          f"pose_format={pose_format!r}, got {x.shape}"
+        )
     if betas.ndim < 1:
       raise ValueError(f"betas must have shape [..., B], got a scalar {betas.shape}")
     if betas.shape[-1] > self.num_betas:
