@@ -1,0 +1,1 @@
+"""SMART sports 2D keypoints (TFDS builder)."""
