@@ -60,6 +60,8 @@ def load_source(
 ) -> Any:
   """A TFDS random-access source (`array_record` builds only), e.g. `load_source('threedpw/
   frames', 'test')`. `decode_images=False` leaves `image` features as encoded bytes."""
+  from jhmr.data import builders  # noqa: F401, PLC0415 (registers jhmr's builders with TFDS)
+
   decoders = None if decode_images else {"image": tfds.decode.SkipDecoding()}
   return tfds.data_source(name, split=split, data_dir=data_dir, decoders=decoders)
 

@@ -105,3 +105,16 @@ def test_reads_a_tfds_array_record_source(tmp_path):
   batches = list(pipeline.make_dataset(source, config, [keep], shard_index=0, shard_count=1))
   assert len(batches) == 3 and set(batches[0]) == {"body_pose", "transl", "frame_index"}
   assert batches[0]["body_pose"].shape == (4, 23, 3) and batches[0]["body_pose"].dtype == np.float32
+
+
+def test_builder_registry():
+  from jhmr.data import builders
+
+  assert set(builders.BUILDERS) == {"threedpw", "emdb", "h36m", "smart", "cmu_mocap", "synthetic"}
+  with pytest.raises(ValueError, match="unknown dataset 'nope'; valid: cmu_mocap, emdb"):
+    builders.make_builder("nope")
+  with pytest.raises(ValueError, match="unknown config 'x' of threedpw; valid: frames, video"):
+    builders.make_builder("threedpw/x")
+  for name, cls in builders.BUILDERS.items():
+    assert cls.name == name and cls.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()
+    assert cls.__module__.endswith(f"{name}_dataset_builder") and cls.VERSION
