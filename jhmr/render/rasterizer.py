@@ -288,29 +288,34 @@ def rasterize(
   mask = winner >= 0
   face_ids = jnp.where(mask, winner - jnp.arange(batch)[:, None, None] * num_faces, -1)
 
-  # ---- Per-pixel attributes from the winning face (differentiable in the vertices): one gather
-  # of a per-face table (coefficients, inverse depths, normals) by the winner index.
+  # ---- Per-pixel attributes from the winning face (differentiable in the vertices): gathers of
+  # per-face columns (coefficients, inverse depths, normals) by the winner index, then scalar
+  # per-pixel maths (column gathers + explicit components keep XLA's CPU fusions cheap).
   tri_v = vertices[:, faces]  # [B, F, 3, 3]
   if smooth_normals:
     face_n = vertex_normals(vertices, faces)[:, faces].reshape(batch, num_faces, 9)
   else:
     face_n = jnp.cross(tri_v[:, :, 1] - tri_v[:, :, 0], tri_v[:, :, 2] - tri_v[:, :, 0])
   table = jnp.concatenate([face_coef, face_iz, face_n], axis=-1).reshape(batch * num_faces, -1)
-  rows = table[jnp.where(mask, winner, 0)]  # [B, H, W, 9 + 3 + (3 or 9)]
+  idx = jnp.where(mask, winner, 0)
+  col = [table[:, k][idx] for k in range(table.shape[-1])]  # each [B, H, W]
   px = jnp.arange(width, dtype=dtype)[None, None, :] + 0.5
   py = jnp.arange(height, dtype=dtype)[None, :, None] + 0.5
-  b0, b1, b2, iz = _eval(rows[..., :9], px, py)
-  pix_iz = rows[..., 9:12]
-  iz = jnp.where(mask, iz, 1.0)
+  b0 = col[0] * px + col[1] * py + col[2]
+  b1 = col[3] * px + col[4] * py + col[5]
+  b2 = 1.0 - b0 - b1
+  iz = jnp.where(mask, col[6] * px + col[7] * py + col[8], 1.0)
   depth = jnp.where(mask, 1.0 / iz, 0.0)
-  bary = jnp.stack([b0, b1, b2], -1) * pix_iz / iz[..., None]
-  bary = jnp.where(mask[..., None], bary, 0.0)
+  # Perspective-correct weights: screen weight * (1/z_k) / (1/z).
+  bw = [b0 * col[9] * depth, b1 * col[10] * depth, b2 * col[11] * depth]
   if smooth_normals:
-    n = jnp.einsum("bhwk,bhwkc->bhwc", bary, rows[..., 12:].reshape(*mask.shape, 3, 3))
+    n = [sum(bw[k] * col[12 + 3 * k + c] for k in range(3)) for c in range(3)]
   else:
-    n = rows[..., 12:]
-  n = n / jnp.maximum(jnp.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
-  normals = jnp.where(mask[..., None], n, 0.0)
+    n = col[12:15]
+  inv_norm = jax.lax.rsqrt(jnp.maximum(n[0] * n[0] + n[1] * n[1] + n[2] * n[2], 1e-24))
+  inv_norm = jnp.where(mask, inv_norm, 0.0)
+  bary = jnp.stack(bw, axis=-1)
+  normals = jnp.stack([c * inv_norm for c in n], axis=-1)
   return Fragments(depth=depth, mask=mask, face_ids=face_ids, bary=bary, normals=normals)
 
 
