@@ -8,7 +8,8 @@ asset (`jhmr/body/assets/anny_smpl_neutral.npz`); if that is absent, on a random
 file with the same vertex count (13,348) and zero pose correctives, like Anny. smplx reads the
 same arrays (a plain pickle written to a temporary directory) and runs with 2 torch threads.
 `joints_only` (jhmr's mesh-free path: joints + OpenPose keypoints) is timed against the smplx
-full forward, since smplx has no joints-only path.
+full forward, since smplx has no joints-only path. jhmr and smplx are timed in alternation
+(median of `--repeats` rounds), so both see the same machine load.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, throughput, time_call  # noqa: E402
+from common import print_table, throughput, time_interleaved  # noqa: E402
 
 from jhmr.body import io as body_io  # noqa: E402
 
@@ -117,17 +118,18 @@ def main() -> None:
     jx = tuple(jnp.asarray(x) for x in (betas, pose, orient))
     tt = (torch.tensor(betas), torch.tensor(pose.reshape(batch, 69)), torch.tensor(orient))
     reps = max(1, args.repeats if batch < 1024 else args.repeats // 2)
-    t_ref = time_call(torch_forward, *tt, repeats=reps, warmup=1)
-    t_ref_g = time_call(torch_forward_grad, *tt, repeats=reps, warmup=1)
+    fwd = time_interleaved(
+      [(torch_forward, tt), (forward, (model, *jx)), (joints_fwd, (model, *jx))], repeats=reps
+    )
+    grad = time_interleaved(
+      [(torch_forward_grad, tt), (forward_grad, (model, *jx)), (joints_grad, (model, *jx))],
+      repeats=reps,
+    )
     cases = (
-      ("forward", time_call(forward, model, *jx, repeats=reps), t_ref),
-      ("forward+grad", time_call(forward_grad, model, *jx, repeats=reps), t_ref_g),
-      (f"joints_only ({joint_set})", time_call(joints_fwd, model, *jx, repeats=reps), t_ref),
-      (
-        f"joints_only+grad ({joint_set})",
-        time_call(joints_grad, model, *jx, repeats=reps),
-        t_ref_g,
-      ),
+      ("forward", fwd[1], fwd[0]),
+      ("forward+grad", grad[1], grad[0]),
+      (f"joints_only ({joint_set})", fwd[2], fwd[0]),
+      (f"joints_only+grad ({joint_set})", grad[2], grad[0]),
     )
     for what, t_jhmr, t_smplx in cases:
       rows.append(

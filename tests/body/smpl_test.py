@@ -280,24 +280,37 @@ def test_official_smpl_file_without_joint_sets_has_only_smpl24(random_asset):
   np.testing.assert_array_equal(out.keypoints, out.joints)
 
 
-@pytest.fixture(scope="module")
-def tiny_anny(tmp_path_factory):
-  """(plain pickle path, arrays, jhmr model, smplx model) of the tiny Anny asset."""
-  path = body_io.NAMED_MODELS["anny-tiny"]
+def _shipped_asset(name, tmp_path_factory):
+  """(plain pickle path, arrays, jhmr model, smplx model) of a shipped Anny asset."""
+  path = body_io.NAMED_MODELS[name]
   if not path.is_file():
-    pytest.skip(f"tiny Anny asset not committed yet ({path})")
+    pytest.skip(f"Anny asset {name!r} not committed yet ({path})")
   arrays = body_io.read_npz(path)
-  pkl = tmp_path_factory.mktemp("anny") / "SMPL_NEUTRAL.pkl"
+  pkl = tmp_path_factory.mktemp(name) / "SMPL_NEUTRAL.pkl"
   keys = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table")
   with open(pkl, "wb") as f:
     pickle.dump({k: arrays[k] for k in keys}, f, protocol=2)
-  return pkl, arrays, body_io.load_body_model("anny-tiny"), _smplx_model(pkl)
+  return pkl, arrays, body_io.load_body_model(name), _smplx_model(pkl)
 
 
-@pytest.fixture(scope="module", params=["random", "anny-tiny"])
+@pytest.fixture(scope="module")
+def tiny_anny(tmp_path_factory):
+  return _shipped_asset("anny-tiny", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def full_anny(tmp_path_factory):
+  return _shipped_asset("anny", tmp_path_factory)
+
+
+@pytest.fixture(
+  scope="module",
+  params=["random", "anny-tiny", pytest.param("anny", marks=pytest.mark.slow)],
+)
 def reference_asset(request):
-  """Both assets compared against smplx: the random file and the shipped tiny Anny model."""
-  return request.getfixturevalue("random_asset" if request.param == "random" else "tiny_anny")
+  """Assets compared against smplx: the random file, the tiny Anny model and (slow) the full one."""
+  fixture = {"random": "random_asset", "anny-tiny": "tiny_anny", "anny": "full_anny"}
+  return request.getfixturevalue(fixture[request.param])
 
 
 def test_tiny_anny_asset_is_complete(tiny_anny):
