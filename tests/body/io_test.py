@@ -47,6 +47,13 @@ def test_other_globals_are_refused(global_name):
     body_io.read_smpl_pickle(payload)
 
 
+def test_reconstructor_only_builds_stand_ins():
+  # copy_reg._reconstructor(numpy.ndarray, object, None), as protocol 0 would write it.
+  payload = b"ccopy_reg\n_reconstructor\n(cnumpy\nndarray\nc__builtin__\nobject\nNtR."
+  with pytest.raises(body_io.UnsafePickleError, match="_reconstructor of <class 'numpy.ndarray'>"):
+    body_io.read_smpl_pickle(payload)
+
+
 def test_codecs_encode_only_latin1():
   payload = b"c_codecs\nencode\n(Vabc\nVrot13\ntR."
   with pytest.raises(body_io.UnsafePickleError, match="codec 'rot13'"):
