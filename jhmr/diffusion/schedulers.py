@@ -54,10 +54,10 @@ class NoiseConfig:
 
   def alphas_cumprod(self) -> np.ndarray:
     """[T] float32 cumulative alphas of the training schedule."""
-    return make_alphas_cumprod(
-      self.beta_schedule, self.num_train_timesteps, beta_start=self.beta_start,
-      beta_end=self.beta_end,
-    )  # fmt: skip
+    kwargs = {}
+    if self.beta_schedule in ("linear", "scaled_linear"):
+      kwargs = dict(beta_start=self.beta_start, beta_end=self.beta_end)
+    return make_alphas_cumprod(self.beta_schedule, self.num_train_timesteps, **kwargs)
 
 
 SD_NOISE = NoiseConfig()

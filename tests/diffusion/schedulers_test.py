@@ -90,6 +90,10 @@ def _ac(torch_sched):
 def test_alphas_cumprod_matches_diffusers():
   ref = diffusers.DDIMScheduler(**SD_KW).alphas_cumprod.numpy()
   np.testing.assert_allclose(S.SD_NOISE.alphas_cumprod(), ref, rtol=2e-6)
+  ref = diffusers.DDIMScheduler(beta_schedule="linear").alphas_cumprod.numpy()
+  linear = S.NoiseConfig(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+  np.testing.assert_allclose(linear.alphas_cumprod(), ref, rtol=2e-6)
+  assert S.NoiseConfig(beta_schedule="cosine").alphas_cumprod().shape == (1000,)
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
