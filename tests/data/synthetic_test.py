@@ -57,6 +57,7 @@ def _build(tmp_path, config, name="a"):
   return builder.as_data_source()
 
 
+@pytest.mark.slow  # one JAX compilation of the generator: ~50 s on the loaded 2-core machine
 def test_procedural_is_deterministic_and_consistent(tmp_path):
   first, second = _build(tmp_path, "procedural", "a"), _build(tmp_path, "procedural", "b")
   for i in range(3):
@@ -111,3 +112,22 @@ def test_unknown_pose_source_is_a_clear_error(tmp_path):
 
   with pytest.raises(ValueError, match="unknown pose_source 'mystery'"):
     Bad(config="x", data_dir=tmp_path, file_format="array_record").download_and_prepare()
+
+
+def test_feature_shapes_follow_the_config(tmp_path):
+  shapes = lambda config: {
+    k: v.shape for k, v in synthetic.Builder(config=config, data_dir=tmp_path).info.features.items()
+  }
+  rig, video, crops = shapes("procedural_multiview"), shapes("cmu_video"), shapes("procedural_224")
+  assert rig["keypoints2d"] == (4, 25, 3) and rig["cam_rotation"] == (4, 3, 3)
+  assert rig["body_pose"] == (23, 3) and "image" not in rig
+  assert video["keypoints2d"] == (16, 25, 3) and video["transl_cam"] == (16, 3)
+  assert video["cam_rotation"] == (3, 3) and video["body_pose"] == (16, 23, 3)
+  assert crops["image"] == (224, 224, 3) and crops["keypoints2d"] == (25, 3)
+
+  class Bad(SmallSynthetic):
+    name = "synthetic_bad_images_test"
+    BUILDER_CONFIGS = [synthetic.SyntheticConfig(name="x", num_views=2, crop_size=64)]
+
+  with pytest.raises(ValueError, match="images are stored only for one view and one frame"):
+    _ = Bad(config="x", data_dir=tmp_path).info

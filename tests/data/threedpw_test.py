@@ -36,9 +36,7 @@ def _case(config):
 
 ThreedpwFramesTest = _case("frames")
 ThreedpwVideoTest = _case("video")
-ThreedpwOcTest = _case("oc")
-ThreedpwPcTest = _case("pc")
-ThreedpwCrowdTest = _case("crowd")
+ThreedpwCrowdTest = _case("crowd")  # oc / pc: built TF-free below (same code path as crowd)
 
 
 def _build(config, data_dir, manual_dir=dummy.DUMMY_DIR):
@@ -52,7 +50,7 @@ def _build(config, data_dir, manual_dir=dummy.DUMMY_DIR):
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("threedpw")
-  return {c: _build(c, data_dir).as_data_source() for c in ("frames", "video", "oc")}
+  return {c: _build(c, data_dir).as_data_source() for c in ("frames", "video", "oc", "pc")}
 
 
 def _text(value):
@@ -60,7 +58,7 @@ def _text(value):
 
 
 def test_split_sizes(sources):
-  for config in ("frames", "video", "oc"):
+  for config in ("frames", "video", "oc", "pc"):
     assert {k: len(v) for k, v in sources[config].items()} == EXPECTED[config]
 
 
