@@ -106,18 +106,19 @@ def test_identity_is_exact_in_float32():
   np.testing.assert_array_equal(rot.rot6d_to_matrix(jnp.array([1.0, 0, 0, 0, 1, 0])), np.eye(3))
 
 
-@pytest.mark.parametrize("name", sorted(_FUNCS))
-def test_gradients_finite_at_identity_and_near_pi(name):
-  fn, _ = _FUNCS[name]
+def _jacobians(points):
+  """{name: [P, ...out, 3] reverse-mode Jacobian} of every function in `_FUNCS` (one compile)."""
+  return jax.jit(lambda x: {n: jax.vmap(jax.jacrev(f))(x) for n, (f, _) in _FUNCS.items()})(points)
+
+
+def test_gradients_finite_at_identity_and_near_pi():
   points = jnp.asarray(_special_axis_angles()[:-1], jnp.float32)
-  jac = jax.jit(jax.vmap(jax.jacrev(fn)))(points)
-  assert np.all(np.isfinite(np.asarray(jac))), name
+  for name, jac in _jacobians(points).items():
+    assert np.all(np.isfinite(np.asarray(jac))), name
 
 
-@pytest.mark.parametrize("name", sorted(_FUNCS))
-def test_gradients_match_finite_differences_x64(name):
+def test_gradients_match_finite_differences_x64():
   """Reverse-mode Jacobians vs central differences (x64), away from and close to 0 and pi."""
-  fn, _ = _FUNCS[name]
   with jax.enable_x64(True):
     points = np.stack(
       [
@@ -126,13 +127,15 @@ def test_gradients_match_finite_differences_x64(name):
         (np.pi - 1e-2) * np.array([0.6, 0.0, 0.8]),
       ]
     )
-    jac = np.asarray(jax.jit(jax.vmap(jax.jacrev(fn)))(jnp.asarray(points)))
+    jacs = _jacobians(jnp.asarray(points))
     eps = 1e-6
     steps = eps * np.eye(3)
     shifted = jnp.asarray(np.concatenate([points[:, None] + steps, points[:, None] - steps]))
-    out = np.asarray(jax.jit(jax.vmap(jax.vmap(fn)))(shifted))
-    fd = (out[: len(points)] - out[len(points) :]) / (2 * eps)  # [P, 3(input), ...]
-    np.testing.assert_allclose(np.moveaxis(fd, 1, -1), jac, atol=1e-7)
+    outs = jax.jit(lambda x: {n: jax.vmap(jax.vmap(f))(x) for n, (f, _) in _FUNCS.items()})(shifted)
+    for name, jac in jacs.items():
+      out = np.asarray(outs[name])
+      fd = (out[: len(points)] - out[len(points) :]) / (2 * eps)  # [P, 3(input), ...]
+      np.testing.assert_allclose(np.moveaxis(fd, 1, -1), np.asarray(jac), atol=1e-7, err_msg=name)
 
 
 def test_round_trip_jacobian_is_identity_at_zero_and_near_pi():
