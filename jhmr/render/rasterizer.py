@@ -175,7 +175,7 @@ def rasterize(
   smooth_normals: bool = False,
   cull_backfaces: bool = False,
   near: float = 1e-3,
-  block_size: int = 4,
+  block_size: int | None = None,
   pairs_per_step: int = 16384,
 ) -> Fragments:
   """Rasterises a batch of triangle meshes given in camera space.
@@ -189,8 +189,9 @@ def rasterize(
     smooth_normals: interpolate area-weighted vertex normals instead of flat face normals.
     cull_backfaces: drop faces whose normal cross(v1 - v0, v2 - v0) points away from the camera.
     near: faces with any vertex at z <= near are not drawn.
-    block_size: static side of the pixel blocks that face bounding boxes are cut into (4 suits
-      meshes whose faces cover a few pixels, e.g. a 13k-vertex body at 256 px; use 8 for big faces).
+    block_size: static side of the pixel blocks that face bounding boxes are cut into. None picks
+      2 below 384 px and 4 from there (best for a 13k-vertex body filling the image: its faces
+      cover ~1-2 px at 256 px); use 8 or more for meshes with large faces.
     pairs_per_step: static number of (face, block) pairs per loop step (memory:
       pairs_per_step * block_size^2 candidate pixels).
 
@@ -205,6 +206,8 @@ def rasterize(
     raise ValueError(f"faces must be an integer [F, 3] array, got {faces.dtype} {faces.shape}")
   if len(image_size) != 2 or min(image_size) < 1:
     raise ValueError(f"image_size must be (H, W) with positive entries, got {image_size}")
+  if block_size is None:
+    block_size = 2 if max(image_size) < 384 else 4
   if block_size < 1 or pairs_per_step < 1:
     raise ValueError("block_size and pairs_per_step must be positive")
   height, width = int(image_size[0]), int(image_size[1])
