@@ -11,8 +11,8 @@ model by default). The method, per SMPL joint j with a mapped BVH joint b(j):
    pose is a frame of the file, e.g. the CMU T-pose frame 0, or the all-zero-channel pose).
 3. Rest alignment: `A_j` rotates the SMPL rest bone (joint j -> its child) onto the BVH rest
    bone between the mapped points (the smallest such rotation; for the pelvis, the frame spanned
-   by the hip axis and the spine). Bones without an SMPL child (head, feet, hands) inherit their
-   parent's alignment.
+   by the hip axis and the pelvis -> spine3 direction). Bones without an SMPL child (head,
+   feet, hands) inherit their parent's alignment.
 4. SMPL world rotation `G'_j(t) = D_b(t) A_j`, so every SMPL bone points where the BVH bone
    points; local rotation `R_j = G'_parent(j)^T G'_j`, stored as axis-angle.
 5. Root translation: the pelvis is placed at the scaled BVH hip position, `transl = s * p_hip(t)
@@ -223,9 +223,17 @@ def _frame(lateral: np.ndarray, up: np.ndarray) -> np.ndarray:
 
 def _rest_alignment(smpl: np.ndarray, src: np.ndarray) -> np.ndarray:
   """`[24, 3, 3]` world rotations taking SMPL rest bones onto the BVH rest bones (`src` [24,3])."""
+  for j, child in enumerate(_BONE_CHILD):
+    for name, points in (("SMPL", smpl), ("BVH", src)):
+      if child >= 0 and np.linalg.norm(points[child] - points[j]) < 1e-9:
+        raise ValueError(
+          f"{name} rest bone {SMPL_JOINT_NAMES[j]} -> {SMPL_JOINT_NAMES[child]} has zero length"
+        )
   align = np.empty((24, 3, 3))
-  smpl_frame = _frame(smpl[1] - smpl[2], smpl[3] - smpl[0])
-  align[0] = _frame(src[1] - src[2], src[3] - src[0]) @ smpl_frame.T
+  # The pelvis frame: the hip axis and the pelvis -> spine3 direction (spine1 may sit on the
+  # pelvis, as CMU's LowerBack does).
+  smpl_frame = _frame(smpl[1] - smpl[2], smpl[9] - smpl[0])
+  align[0] = _frame(src[1] - src[2], src[9] - src[0]) @ smpl_frame.T
   for j in range(1, 24):
     child = _BONE_CHILD[j]
     if child < 0:

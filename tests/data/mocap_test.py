@@ -183,3 +183,74 @@ def test_cmu_split_of_the_shared_data(shared_data_dir):
   train, test = mocap.cmu_subject_split(shared_data_dir / "cmu_mocap")
   assert len(train) + len(test) == 17 and test
   assert ("60-61A" in test) == ("60-61B" in test)
+
+
+def _cmu31_bvh(frames: int, seed: int) -> bvh.Bvh:
+  """A MotionBuilder-style CMU 31-joint BVH (inches-like units) with random rotations."""
+  j = SKELETON.rest_joints * 40.0
+  names, parents, points = [], [], []
+
+  def add(name, parent, point):
+    names.append(name)
+    parents.append(-1 if parent is None else names.index(parent))
+    points.append(np.asarray(point, np.float64))
+
+  add("Hips", None, j[0])
+  for side, s in (("Left", 1), ("Right", 2)):
+    h = side[0]
+    add(f"{h}HipJoint", "Hips", j[0])
+    add(f"{side}UpLeg", f"{h}HipJoint", j[s])
+    add(f"{side}Leg", f"{side}UpLeg", j[s + 3])
+    add(f"{side}Foot", f"{side}Leg", j[s + 6])
+    add(f"{side}ToeBase", f"{side}Foot", j[s + 9])
+  add("LowerBack", "Hips", j[0])
+  add("Spine", "LowerBack", j[6])
+  add("Spine1", "Spine", j[9])
+  add("Neck", "Spine1", j[12])
+  add("Neck1", "Neck", (j[12] + j[15]) / 2)
+  add("Head", "Neck1", j[15])
+  for side, s in (("Left", 13), ("Right", 14)):
+    add(f"{side}Shoulder", "Spine1", j[s])
+    add(f"{side}Arm", f"{side}Shoulder", j[s + 3])
+    add(f"{side}ForeArm", f"{side}Arm", j[s + 5])
+    add(f"{side}Hand", f"{side}ForeArm", j[s + 7])
+    add(f"{side}FingerBase", f"{side}Hand", j[s + 9])
+    add(f"{side}HandIndex1", f"{side}FingerBase", j[s + 9] * [1.1, 1, 1])
+    add(f"{side[0]}Thumb", f"{side}Hand", j[s + 9] + [0, 0, 2])
+  points = np.stack(points)
+  offsets = points - np.concatenate([[np.zeros(3)], points[parents[1:]]])
+  offsets[0] = 0.0
+  rot = Rotation.random(frames * len(names), random_state=seed).as_matrix()
+  rot = Rotation.from_rotvec(0.4 * Rotation.from_matrix(rot).as_rotvec()).as_matrix()
+  rot = rot.reshape(frames, len(names), 3, 3)
+  rot[0] = np.eye(3)  # frame 0: the rest pose
+  root = np.random.default_rng(seed).normal(0, 10, (frames, 3)) + j[0]
+  return bvh.from_rotations(names, parents, offsets, rot, root, 1 / 120, "ZYX")
+
+
+def test_cmu31_release_bones_point_like_the_bvh_bones():
+  clip = _cmu31_bvh(6, 3)
+  assert mocap.joint_map_for(clip) is mocap.MOTIONBUILDER_CMU
+  motion = mocap.retarget_to_body(clip, SKELETON)
+  assert motion.fps == pytest.approx(120)
+  world = _world_rotations(motion)
+  rot, pos = clip.forward_kinematics()
+  joints = SKELETON.rest_joints
+  bones = {
+    (1, 4): ("LeftUpLeg", "LeftLeg"), (4, 7): ("LeftLeg", "LeftFoot"),
+    (7, 10): ("LeftFoot", "LeftToeBase"), (5, 8): ("RightLeg", "RightFoot"),
+    (16, 18): ("LeftArm", "LeftForeArm"), (18, 20): ("LeftForeArm", "LeftHand"),
+    (20, 22): ("LeftHand", "LeftFingerBase"), (19, 21): ("RightForeArm", "RightHand"),
+    (13, 16): ("LeftShoulder", "LeftArm"), (9, 12): ("Spine1", "Neck"),
+  }  # fmt: skip
+  for (j, c), (a, b) in bones.items():
+    smpl_dir = world[:, j] @ (joints[c] - joints[j])
+    bvh_dir = pos[:, clip.index(b)] - pos[:, clip.index(a)]
+    cos = (
+      np.sum(smpl_dir * bvh_dir, -1)
+      / np.linalg.norm(smpl_dir, axis=-1)
+      / np.linalg.norm(bvh_dir, axis=-1)
+    )
+    assert np.all(cos > 1 - 1e-6), (j, c)
+  # Units: the leg-length ratio takes the file's units (here 40 x metres) back to metres.
+  np.testing.assert_allclose(motion.transl[0], pos[0, 0] / 40.0 - joints[0], atol=1e-5)
