@@ -118,3 +118,49 @@ def test_builder_registry():
   for name, cls in builders.BUILDERS.items():
     assert cls.name == name and cls.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()
     assert cls.__module__.endswith(f"{name}_dataset_builder") and cls.VERSION
+
+
+_TF_FREE = """
+import sys, tempfile
+import importlib.abc
+import importlib.util
+
+
+class NoTensorFlow(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name == "tensorflow" or name.startswith("tensorflow."):
+      raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
+    return None
+
+
+sys.meta_path.insert(0, NoTensorFlow())  # any `import tensorflow` now fails ...
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: (  # ... and probing says it is not installed
+  None if name.split(".")[0] == "tensorflow" else _find_spec(name, *a)
+)
+from jhmr.data import builder_testing as bt, pipeline
+from jhmr.data.h36m import dummy_data_generator as dummy, h36m_dataset_builder as h36m
+d = tempfile.mkdtemp()
+bt.build(h36m.Builder, "frames", d, dummy.DUMMY_DIR)
+source = pipeline.load_source("h36m/frames", "test_p1", d)
+config = pipeline.LoaderConfig(batch_size=4, num_epochs=1)
+keep = [pipeline.select("image", "betas")]
+batches = list(pipeline.make_dataset(source, config, keep, shard_index=0, shard_count=1))
+assert "tensorflow" not in sys.modules
+print("OK", len(batches), batches[0]["image"].shape)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_build_and_load_without_tensorflow(tmp_path):
+  """In a process where TensorFlow cannot be imported: build array_record, read with grain."""
+  import subprocess
+  import sys
+
+  script = tmp_path / "tf_free.py"
+  script.write_text(_TF_FREE)
+  result = subprocess.run(
+    [sys.executable, str(script)], capture_output=True, text=True, timeout=280
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "OK 2 (4, 224, 224, 3)" in result.stdout
