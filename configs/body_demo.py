@@ -5,8 +5,8 @@ Command:
   python -m jhmr.launch --config configs/body_demo.py:tiny --workdir runs/body_demo_tiny
 
 Writes pose_<name>.png (shaded mesh + OpenPose BODY_25 keypoints), poses.png (all poses side by
-side) and rest_pose.obj to the workdir, and prints the 24 rest-pose joints. Runtime: about a
-minute on a 2-core CPU (mostly compilation); seconds on a GPU. No target metric (a picture).
+side) and rest_pose.obj to the workdir, and prints the 24 rest-pose joints. Runtime: about 25 s
+on a loaded 2-core CPU (mostly compilation). No target metric (a picture).
 Variants: '' (default Anny body, 13k vertices, 256 px), 'tiny' (1.2k-vertex body, 64 px, 2 poses).
 """
 

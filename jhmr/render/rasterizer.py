@@ -16,7 +16,9 @@ screen space) into the z-buffer; a second sweep writes the id of the face that w
 Barycentrics, depth and normals are then recomputed per pixel from the winning face, so `depth`
 (and the normals) are differentiable with respect to the vertices (the visibility is not).
 
-Faces with a vertex at z <= `near` are dropped (no clipping). Background pixels have depth 0,
+Faces with a vertex at z <= `near` are dropped (no clipping). Pair counts are int32: the total
+number of (face, block) pairs of a call must stay below 2**31 (it is ~B * F for meshes whose faces
+cover a few pixels). Background pixels have depth 0,
 mask False, face id -1 and zero normals/barycentrics.
 """
 
@@ -206,6 +208,11 @@ def rasterize(
     raise ValueError(f"faces must be an integer [F, 3] array, got {faces.dtype} {faces.shape}")
   if len(image_size) != 2 or min(image_size) < 1:
     raise ValueError(f"image_size must be (H, W) with positive entries, got {image_size}")
+  if faces.shape[0] == 0 or vertices.shape[0] == 0:
+    raise ValueError(f"need at least one face and one mesh, got faces {faces.shape}, "
+                     f"vertices {vertices.shape}")  # fmt: skip
+  if vertices.shape[0] * image_size[0] * image_size[1] >= 2**31:
+    raise ValueError("batch * H * W must stay below 2**31 (int32 pixel indices); split the batch")
   if block_size is None:
     block_size = 2 if max(image_size) < 384 else 4
   if block_size < 1 or pairs_per_step < 1:

@@ -224,5 +224,7 @@ def test_off_screen_behind_camera_and_bad_input():
     rasterizer.rasterize(v[0], faces, 50.0, np.array([16.0, 16.0]), (32, 32))
   with pytest.raises(ValueError, match="faces"):
     rasterizer.rasterize(v, faces.astype(np.float32), 50.0, np.array([16.0, 16.0]), (32, 32))
+  with pytest.raises(ValueError, match="at least one face"):
+    rasterizer.rasterize(v, np.zeros((0, 3), np.int32), 50.0, np.array([16.0, 16.0]), (32, 32))
   with pytest.raises(ValueError, match="focal_length"):
     rasterizer.rasterize(v, faces, np.ones(3), np.array([16.0, 16.0]), (32, 32))
