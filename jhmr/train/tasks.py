@@ -1,0 +1,120 @@
+"""Per-method training tasks for the shared trainer: the HMR regressor and the ScoreHMR score model.
+
+Each `make_*_task` returns a `jhmr.train.task.Task`; the trainer knows nothing else about them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jhmr.diffusion.training import diffusion_loss
+from jhmr.train.task import Task
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HMRLossWeights:
+  """SPIN-style weights: rotation matrices, shape, 3D joints (m), 2D keypoints ([-1, 1] crop)."""
+
+  pose: float = 1.0
+  betas: float = 0.01
+  joints3d: float = 5.0
+  keypoints2d: float = 5.0
+
+
+def weak_perspective(points, cam):
+  """points [..., N, 3], cam [..., 3] (s, tx, ty) -> [..., N, 2] in [-1, 1] crop coordinates."""
+  return cam[..., None, :1] * (points[..., :2] + cam[..., None, 1:])
+
+
+def make_hmr_task(model, body_model, source, *, weights=HMRLossWeights(), evaluate=None) -> Task:
+  """HMR regressor (`jhmr.models.hmr.HMR`) on image crops with full body-model ground truth.
+
+  Examples: image [S, S, 3] normalised, rotmat [24, 3, 3] (global orient first), betas [NB],
+  joints3d [24, 3] root-centred camera-frame joints, keypoints2d [K, 2] in [-1, 1] crop
+  coordinates of the body model's 'openpose25' set, keypoint_conf [K].
+  """
+
+  def init(key, batch):
+    return model.init(key, jnp.asarray(batch["image"]), train=False)
+
+  def loss(params, state, batch, key):
+    out, new_state = model.apply(
+      {"params": params, **state},
+      batch["image"],
+      train=True,
+      rngs={"dropout": key},
+      mutable=["batch_stats"],
+    )
+    nb = out["betas"].shape[-1]
+    body = body_model.joints_only(
+      out["betas"],
+      out["rotmat"][:, 1:],
+      out["rotmat"][:, 0],
+      pose_format="rotmat",
+      joint_set="openpose25",
+    )
+    joints = body.joints - body.joints[:, :1]
+    kp2d = weak_perspective(body.keypoints, out["cam"])
+    conf = batch["keypoint_conf"][..., None]
+    terms = {
+      "pose": jnp.mean(jnp.square(out["rotmat"] - batch["rotmat"])),
+      "betas": jnp.mean(jnp.square(out["betas"] - batch["betas"][:, :nb])),
+      "joints3d": jnp.mean(jnp.square(joints - batch["joints3d"])),
+      "keypoints2d": jnp.sum(conf * jnp.square(kp2d - batch["keypoints2d"]))
+      / jnp.maximum(jnp.sum(conf) * 2, 1.0),
+    }
+    total = sum(getattr(weights, k) * v for k, v in terms.items())
+    return total, (terms, new_state)
+
+  return Task(name="hmr", init=init, loss=loss, source=source, evaluate=evaluate)
+
+
+def make_score_task(net, source, alphas_cumprod, *, evaluate=None) -> Task:
+  """ScoreHMR score network (`jhmr.models.score_net.ScoreNet`): eps-prediction L2 loss.
+
+  Examples: pose6d [144] (24 joints x 6D, global orient first) and, for a conditional network,
+  features [C] (the regressor's image features).
+  """
+  alphas_cumprod = jnp.asarray(alphas_cumprod)
+
+  def init(key, batch):
+    cond = batch.get("features") if net.cond_dim else None
+    t = jnp.zeros(batch["pose6d"].shape[:1], jnp.int32)
+    return net.init(key, jnp.asarray(batch["pose6d"]), t, cond)
+
+  def loss(params, state, batch, key):
+    eps_fn = lambda x, t, cond: net.apply({"params": params}, x, t, cond)
+    cond = batch.get("features") if net.cond_dim else None
+    value = diffusion_loss(eps_fn, key, batch["pose6d"], alphas_cumprod, cond=cond)
+    return value, ({}, state)
+
+  return Task(name="score_model", init=init, loss=loss, source=source, evaluate=evaluate)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply_eval(model, variables, images):
+  return model.apply(variables, images, train=False)
+
+
+def predict(model, variables, images, batch_size: int = 256):
+  """Runs a trained HMR in inference mode over [N, S, S, 3] images in chunks -> dict of [N, ...].
+
+  Every chunk is padded to `batch_size` (capped at N), so one compiled program serves all calls.
+  """
+  images = np.asarray(images)
+  n = len(images)
+  batch_size = min(batch_size, n)
+  chunks = []
+  for i in range(0, n, batch_size):
+    x = images[i : i + batch_size]
+    pad = batch_size - len(x)
+    x = np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x
+    keep = batch_size - pad
+    out = _apply_eval(model, variables, x)
+    chunks.append({k: np.asarray(v[:keep]) for k, v in out.items()})
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
