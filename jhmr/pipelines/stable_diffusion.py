@@ -82,7 +82,7 @@ class StableDiffusion:
 @functools.partial(jax.jit, static_argnames=("sd",))
 def _encode_text(sd: StableDiffusion, params, ids):
   out = sd.text_encoder.apply({"params": params["text_encoder"]}, ids, clip_skip=sd.clip_skip)
-  return out.last_hidden_state
+  return out.last_hidden_state.astype(jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("sd",))
@@ -374,9 +374,20 @@ def noise_config_from_diffusers(config: dict[str, Any]) -> S.NoiseConfig:
   )
 
 
-def load_stable_diffusion(folder: str | pathlib.Path, scheduler: str = "pndm"):
+def load_stable_diffusion(
+  folder: str | pathlib.Path,
+  scheduler: str = "pndm",
+  *,
+  dtype: Any = jnp.float32,
+  attention_implementation: str = "auto",
+):
   """A diffusers SD folder (`unet/ vae/ text_encoder/ tokenizer/ scheduler/`) ->
-  `(StableDiffusion, params)`, every component through jhmr's strict converters."""
+  `(StableDiffusion, params)`, every component through jhmr's strict converters.
+
+  `dtype` is the compute dtype of the U-Net and text encoder (e.g. `jnp.bfloat16` on GPU); the
+  parameters stay float32, and the VAE and the scheduler maths always run in float32 (the SD VAE
+  overflows in half precision). `attention_implementation` is passed to the U-Net.
+  """
   folder = pathlib.Path(folder)
   unet_cfg, unet_params = load_unet(folder / "unet")
   vae_cfg, vae_params = load_vae(folder / "vae")
@@ -386,9 +397,9 @@ def load_stable_diffusion(folder: str | pathlib.Path, scheduler: str = "pndm"):
   if sched_file.is_file():
     noise = noise_config_from_diffusers(json.loads(sched_file.read_text()))
   sd = StableDiffusion(
-    unet=UNet(unet_cfg),
+    unet=UNet(unet_cfg, attention_implementation=attention_implementation, dtype=dtype),
     vae=AutoencoderKL(vae_cfg),
-    text_encoder=CLIPTextModel(text_cfg),
+    text_encoder=CLIPTextModel(text_cfg, dtype=dtype),
     tokenizer=load_tokenizer(folder / "tokenizer"),
     noise=noise,
     scheduler=scheduler,

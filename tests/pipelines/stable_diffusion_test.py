@@ -74,8 +74,13 @@ def _components(tmp, depth: bool):
 
 
 @pytest.fixture(scope="module")
-def sd1(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp("sd1")
+def sd1_folder(tmp_path_factory):
+  return tmp_path_factory.mktemp("sd1")
+
+
+@pytest.fixture(scope="module")
+def sd1(sd1_folder):
+  tmp = sd1_folder
   pipe = diffusers.StableDiffusionPipeline(
     **_components(tmp, depth=False), safety_checker=None, feature_extractor=None,
     requires_safety_checker=False,
@@ -258,3 +263,16 @@ def test_bad_inputs_raise(sd1, sd2_depth):
                      num_steps=4)  # fmt: skip
   with pytest.raises(ValueError, match="negative prompts"):
     P.encode_prompts(sd, params, ["a", "b"], ["c"])
+
+
+@pytest.mark.slow
+def test_bfloat16_compute_stays_close_to_float32(sd1, sd1_folder):
+  _, sd, params = sd1
+  sd_bf16, params_bf16 = P.load_stable_diffusion(sd1_folder / "pipe", dtype=jnp.bfloat16)
+  latents = jax.random.normal(jax.random.key(8), (2, 16, 16, 4))
+  run = lambda sd, p: np.asarray(
+    P.text_to_image(sd, p, None, PROMPTS, height=HW, width=HW, num_steps=STEPS, latents=latents)
+  )
+  full, half = run(sd, params), run(sd_bf16, params_bf16)
+  assert half.dtype == np.float32 and np.isfinite(half).all()
+  assert np.abs(full - half).max() < 0.05
