@@ -276,3 +276,30 @@ def test_bfloat16_compute_stays_close_to_float32(sd1, sd1_folder):
   full, half = run(sd, params), run(sd_bf16, params_bf16)
   assert half.dtype == np.float32 and np.isfinite(half).all()
   assert np.abs(full - half).max() < 0.05
+
+
+@pytest.mark.slow
+def test_full_size_sd2_depth_wiring_with_eval_shape():
+  """SD 2 depth at full size (5-channel U-Net, OpenCLIP-H context, SD VAE), shapes only."""
+  from jhmr.diffusion import schedulers as S
+  from jhmr.models.clip_text import OPENCLIP_VIT_H14_TEXT, CLIPTextModel
+  from jhmr.models.unet import SD2_DEPTH_UNET, UNet
+  from jhmr.models.vae import SD_VAE, AutoencoderKL
+
+  sd = P.StableDiffusion(
+    unet=UNet(SD2_DEPTH_UNET), vae=AutoencoderKL(SD_VAE),
+    text_encoder=CLIPTextModel(OPENCLIP_VIT_H14_TEXT), tokenizer=None,
+  )  # fmt: skip
+  assert sd.is_depth_model
+  init = lambda m: jax.eval_shape(m.init, jax.random.key(0), *m.dummy_inputs())["params"]
+  params = {"unet": init(sd.unet), "vae": init(sd.vae), "text_encoder": init(sd.text_encoder)}
+  ctx = jax.ShapeDtypeStruct((2, 77, 1024), jnp.float32)
+  latents = jax.ShapeDtypeStruct((1, 64, 64, 4), jnp.float32)
+  depth = jax.ShapeDtypeStruct((1, 64, 64, 1), jnp.float32)
+  sched = S.make_pndm(50)
+  out = jax.eval_shape(
+    lambda p, x, c, d: P.denoise(sd, p, sched, x, c, 7.5, d, 15), params, latents, ctx, depth
+  )
+  assert out.shape == (1, 64, 64, 4)
+  images = jax.eval_shape(lambda p, x: P.decode_latents(sd, p, x), params, latents)
+  assert images.shape == (1, 512, 512, 3)
