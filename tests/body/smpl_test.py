@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from jhmr.body import io as body_io
 from jhmr.body import joints as joints_lib
@@ -151,11 +152,12 @@ def test_gradients_match_torch_autograd(reference_asset):
 def test_pose_formats_agree(random_asset):
   _, _, model, _ = random_asset
   params = _random_params(5)
+  # Independent conversions (scipy), so this also checks the rotmat / 6D layouts.
   mats = {
-    k: rotations.axis_angle_to_matrix(jnp.asarray(params[k]))
+    k: Rotation.from_rotvec(params[k].reshape(-1, 3)).as_matrix().reshape(*params[k].shape, 3)
     for k in ("body_pose", "global_orient")
   }
-  six = {k: rotations.matrix_to_rot6d(v) for k, v in mats.items()}
+  six = {k: np.concatenate([v[..., :, 0], v[..., :, 1]], axis=-1) for k, v in mats.items()}
   base = _forward(model, params)
 
   @jax.jit

@@ -149,7 +149,7 @@ def test_round_trip_jacobian_is_identity_at_zero_and_near_pi():
 
 
 def test_axis_angle_to_matrix_jacobian_at_zero_is_the_generators():
-  jac = np.asarray(jax.jacrev(rot.axis_angle_to_matrix)(jnp.zeros(3)))  # [3, 3, 3(input)]
+  jac = np.asarray(jax.jit(jax.jacrev(rot.axis_angle_to_matrix))(jnp.zeros(3)))  # [3, 3, 3(in)]
   for i in range(3):
     x, y, z = np.eye(3)[i]
     skew = np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
