@@ -40,6 +40,7 @@ NUM_BETAS = 10
 KEYPOINT_FIT_SAMPLES = 300
 JOINT_FIT_SAMPLES = 1000
 CHUNK = 50
+POSED_CHECK_BODIES = 20
 ASSET_DIR = pathlib.Path(__file__).resolve().parent / "assets"
 
 
@@ -119,12 +120,13 @@ def sample_phenotypes(topology: AnnyTopology, count: int, seed: int) -> np.ndarr
   import torch
   from anny.shape_distribution import SimpleShapeDistribution
 
-  torch.manual_seed(seed)
   age = torch.distributions.Uniform(
     torch.tensor(18.0, dtype=torch.float64), torch.tensor(80.0, dtype=torch.float64)
   )
   sampler = SimpleShapeDistribution(topology._model, morphological_age_distribution=age)
-  _, phen = sampler.sample(count)
+  with torch.random.fork_rng():  # the sampler draws from torch's global generator
+    torch.manual_seed(seed)
+    _, phen = sampler.sample(count)
   return np.stack([phen[label].numpy() for label in topology.phenotype_labels], axis=1)
 
 
@@ -296,6 +298,54 @@ def check_with_smplx(arrays: dict[str, np.ndarray], picks: dict[str, int], seed:
   return float(np.abs(out.vertices[0].detach().numpy() - ours).max())
 
 
+def check_against_anny_skinning(
+  topo: AnnyTopology, phenotypes: np.ndarray, arrays: dict[str, np.ndarray], seed: int
+) -> dict[str, dict[str, float]]:
+  """Posed vertex error (mm) of the 24-joint model vs Anny's 104-bone skinning, same bodies.
+
+  Each body gets a random SMPL pose (0.3 rad per axis on every joint but the feet and hands,
+  whose SMPL pivots are virtual). Anny's side skins the A-pose rest body with its own weights,
+  each bone moved by its T-pose transform followed by the SMPL transform of its part; the
+  model's side skins the T-posed body with the merged weights. `exact_joints` pivots about
+  Anny's T-posed joints (isolates the T-pose bake), `j_regressor` about the regressed joints.
+  Shape-space (PCA) error is excluded: both sides use each body's own T-posed vertices.
+  """
+  from scipy.spatial.transform import Rotation
+
+  c = topo.coefficients(phenotypes)
+  rest_v = rig.anny_to_smpl_axes(topo.template + _blend(c, topo.blendshapes))
+  rest_h = topo.template_heads + _blend(c, topo.head_blendshapes)
+  local = rig.t_pose_rotations(rest_h, topo.parents, topo.bone_labels)
+  t_rot, t_heads = rig.forward_kinematics(rest_h, topo.parents, local)
+  axes = rig.ANNY_TO_SMPL
+  t_rot = axes @ t_rot @ axes.T  # the same rigid motions written in SMPL axes
+  rest_h, t_heads = rig.anny_to_smpl_axes(rest_h), rig.anny_to_smpl_axes(t_heads)
+  t_verts = rig.skin(rest_v, topo.weights, rest_h, t_rot, t_heads)
+  exact = np.einsum("kj,njc->nkc", rig.head_matrix(topo.bone_labels), t_heads)
+
+  n = len(phenotypes)
+  rotvecs = np.random.default_rng(seed).normal(scale=0.3, size=(n, 24, 3))
+  rotvecs[:, [10, 11, 22, 23]] = 0.0
+  pose = Rotation.from_rotvec(rotvecs.reshape(-1, 3)).as_matrix().reshape(n, 24, 3, 3)
+  part = np.argmax(rig.merge_matrix(topo.bone_labels), axis=1)  # [104] SMPL part per bone
+  weights24 = arrays["weights"]
+  out = {}
+  # Anny: each bone moved by its T-pose transform, then by its part's SMPL transform.
+  g_rot, g_pos = rig.forward_kinematics(exact, rig.SMPL_PARENTS, pose)
+  bone_rot = g_rot[:, part] @ t_rot
+  bone_pos = np.einsum("nbij,nbj->nbi", g_rot[:, part], t_heads - exact[:, part]) + g_pos[:, part]
+  anny = rig.skin(rest_v, topo.weights, rest_h, bone_rot, bone_pos)
+  for name, joints in (("exact_joints", exact), ("j_regressor", _regress(arrays, t_verts))):
+    g_rot, g_pos = rig.forward_kinematics(joints, rig.SMPL_PARENTS, pose)
+    ours = rig.skin(t_verts, weights24, joints, g_rot, g_pos)
+    out[name] = _mm(regs.per_vertex_errors(ours, anny))
+  return out
+
+
+def _regress(arrays: dict[str, np.ndarray], verts: np.ndarray) -> np.ndarray:
+  return np.einsum("jv,nvc->njc", arrays["J_regressor"], verts)
+
+
 def summarise(arrays: dict[str, np.ndarray]) -> dict[str, object]:
   """Row sums and T-pose sanity numbers."""
   v = arrays["v_template"]
@@ -343,6 +393,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, object]]:
       raise ValueError(f"{topo.name}: bone heads differ from the reference topology")
     arrays, report = derive(topo, train, heldout, keypoints, keypoints_h)
     report |= summarise(arrays)
+    report["posed_vs_anny_lbs_mm"] = check_against_anny_skinning(
+      topo, heldout[:POSED_CHECK_BODIES], arrays, args.seed
+    )
     report["smplx_max_abs_diff_m"] = check_with_smplx(arrays, report["nearest_vertex"], args.seed)
     path = args.out / FILE_NAMES[key]
     body_io.save_body_model_npz(to_stored(arrays), path)  # validates, then savez_compressed
