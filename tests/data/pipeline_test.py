@@ -1,5 +1,7 @@
 """Tests for jhmr.data.pipeline (grain loader) on plain sources and a TFDS array_record source."""
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -69,7 +71,7 @@ def test_iterator_state_resumes_exactly():
   state = it.get_state()
   expected = [next(it) for _ in range(10)]  # crosses an epoch boundary
   resumed = iter(ds)
-  resumed.set_state(state)
+  resumed.set_state(json.loads(json.dumps(state)))  # the state is plain JSON (orbax JsonSave)
   for want in expected:
     got = next(resumed)
     np.testing.assert_array_equal(got["index"], want["index"])
