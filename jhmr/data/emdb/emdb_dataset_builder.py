@@ -6,7 +6,8 @@ archives. manual_dir layout (as unpacked):
   <manual_dir>/P<k>/<sequence>/P<k>_<sequence>_data.pkl
   <manual_dir>/P<k>/<sequence>/images/%05d.jpg
 
-Each `_data.pkl` (read with the restricted unpickler of `jhmr.body.io`) is a dict: `name`,
+Each `_data.pkl` (read with the restricted unpickler of `jhmr.body.io`; keys as documented in
+the EMDB README of the first release, checked on read) is a dict: `name`,
 `gender`, `emdb1` / `emdb2` (bool: member of the EMDB 1 / EMDB 2 benchmark subsets), `n_frames`
 N, `good_frames_mask` (N,) bool, `smpl` {`poses_root` (N,3), `poses_body` (N,69), `trans`
 (N,3), `betas` (10,)} (world frame), `camera` {`intrinsics` (3,3), `extrinsics` (N,4,4) world ->

@@ -25,7 +25,9 @@ Configs:
   oc, pc: `frames` restricted to the (sequence, image file) pairs listed in 3DPW_oc.json /
     3DPW_pc.json (their `images` entries' `sequence` and `file_name`), split `test`.
   crowd: 3DPW-Crowd as DPMesh uses it: `frames` of the validation sequences
-    courtyard_hug_00 and courtyard_dancing_00, split `validation`.
+    courtyard_hug_00 and courtyard_dancing_00, split `validation`. The 2D keypoints are the
+    official OpenPose ones; DPMesh's HigherHRNet detections
+    (3DPW_validation_crowd_hhrnet_result.json) are not read.
 
 Frame features: image [256,256,3] (JPEG), sequence, image_file, frame_index (int32), actor
 (int32), gender ('m'/'f'), betas [10], global_orient [3] and body_pose [23,3] (world),
