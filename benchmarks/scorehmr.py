@@ -353,6 +353,7 @@ def main():
   p.add_argument("--body-model", default=None, help="None: the default Anny model; 'anny-tiny'")
   p.add_argument("--only", choices=("all", "accuracy", "speed"), default="all")
   p.add_argument("--retrain", action="store_true")
+  p.add_argument("--prior", default=None, help="a saved prior .npz to use instead of the cache")
   p.add_argument("--skip-train", action="store_true", help="require a cached prior")
   p.add_argument("--train-steps", type=int, default=4000)
   p.add_argument("--train-batch", type=int, default=128)
@@ -380,7 +381,7 @@ def main():
       f"[{time.time() - t:.0f} s]"
     )
     net = ScoreNet(cond_dim=0, hidden=a.prior_hidden)
-    path = cache / f"prior_{tag}_h{a.prior_hidden}_s{a.train_steps}.npz"
+    path = pathlib.Path(a.prior or cache / f"prior_{tag}_h{a.prior_hidden}_s{a.train_steps}.npz")
     if path.is_file() and not a.retrain:
       params = load_params(path, net)
       print(f"prior: loaded {path}")
