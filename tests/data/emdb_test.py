@@ -54,5 +54,5 @@ def test_missing_and_malformed_files(tmp_path):
     bt.build(emdb.Builder, "emdb1", tmp_path / "out", tmp_path / "raw")
   (tmp_path / "raw" / "P0" / "09_outdoor_walk" / "images" / "00002.jpg").unlink()
   path.write_bytes(pickle.dumps(dummy.sequence("P0", "09_outdoor_walk"), protocol=2))
-  with pytest.raises(FileNotFoundError, match="images/00002.jpg"):
+  with pytest.raises(raw.RawDataError, match="images: 2 .jpg files for the 3 frames"):
     bt.build(emdb.Builder, "emdb1", tmp_path / "out2", tmp_path / "raw")

@@ -4,7 +4,7 @@ What to download (registration required): https://eth-ait.github.io/emdb/ -> the
 archives. manual_dir layout (as unpacked):
 
   <manual_dir>/P<k>/<sequence>/P<k>_<sequence>_data.pkl
-  <manual_dir>/P<k>/<sequence>/images/%05d.jpg
+  <manual_dir>/P<k>/<sequence>/images/*.jpg      (one per frame; sorted names = frame order)
 
 Each `_data.pkl` (read with the restricted unpickler of `jhmr.body.io`; keys as documented in
 the EMDB README of the first release, checked on read) is a dict: `name`,
@@ -89,7 +89,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Register at https://eth-ait.github.io/emdb/ and unpack the subject archives into manual_dir:
-  P<k>/<sequence>/P<k>_<sequence>_data.pkl and P<k>/<sequence>/images/%05d.jpg.
+  P<k>/<sequence>/P<k>_<sequence>_data.pkl and P<k>/<sequence>/images/*.jpg (one per frame).
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -150,8 +150,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           "keypoints2d": seq["kp2d"], "bbox": seq["bboxes"],
         }  # fmt: skip
         continue
+      images = sorted((path.parent / "images").glob("*.jpg"))  # frame t = the t-th image
+      if len(images) != n:
+        raise raw.RawDataError(
+          f"{path.parent / 'images'}: {len(images)} .jpg files for the {n} frames of {path.name}"
+        )
       for t in np.flatnonzero(seq["good"]):
-        image = crops.read_image(raw.require(path.parent, f"images/{t:05d}.jpg", _NAME))
+        image = crops.read_image(images[t])
         box = seq["bboxes"][t]
         center = (box[:2] + box[2:]) / 2
         scale = float(max(box[2:] - box[:2]) * c.expand)
