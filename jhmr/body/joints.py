@@ -125,6 +125,7 @@ def make_joint_set(
   posedirs: np.ndarray | None,
   weights: np.ndarray,
   valid: np.ndarray | None = None,
+  dtype=jnp.float32,
 ) -> JointSet:
   """Builds a `JointSet` from dense regressors and the model arrays (numpy, at load time).
 
@@ -133,6 +134,7 @@ def make_joint_set(
     from_joints: [K, 24]; from_vertices: [K, V].
     v_template: [V, 3]; shapedirs: [V, 3, NB]; posedirs: [V, 3, 207] or None; weights: [V, 24].
     valid: [K] bool (default: all True).
+    dtype: float dtype of the stored arrays (float64 needs x64 enabled).
   """
   names = tuple(str(n) for n in names)
   k = len(names)
@@ -154,18 +156,18 @@ def make_joint_set(
   skin_posedirs = None
   if posedirs is not None:
     pd = np.einsum("kmj,kmcp->pkjc", rw, np.asarray(posedirs, np.float64)[ids])
-    skin_posedirs = jnp.asarray(pd.reshape(pd.shape[0], -1), jnp.float32)
-  f32 = lambda x: jnp.asarray(x, jnp.float32)
+    skin_posedirs = jnp.asarray(pd.reshape(pd.shape[0], -1), dtype)
+  cast = lambda x: jnp.asarray(x, dtype)
   return JointSet(
-    from_joints=f32(from_joints),
+    from_joints=cast(from_joints),
     vertex_ids=jnp.asarray(ids),
-    vertex_weights=f32(vweights),
+    vertex_weights=cast(vweights),
     valid=jnp.asarray(valid),
-    translation_weight=f32(from_joints.sum(-1) + from_vertices.sum(-1)),
-    skin_template=f32(skin_template),
-    skin_shapedirs=f32(skin_shapedirs),
+    translation_weight=cast(from_joints.sum(-1) + from_vertices.sum(-1)),
+    skin_template=cast(skin_template),
+    skin_shapedirs=cast(skin_shapedirs),
     skin_posedirs=skin_posedirs,
-    skin_mass=f32(rw.sum(1)),
+    skin_mass=cast(rw.sum(1)),
     names=names,
   )
 

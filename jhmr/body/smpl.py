@@ -343,12 +343,13 @@ def rigid_transforms(rot: jnp.ndarray, pos: jnp.ndarray) -> jnp.ndarray:
 REQUIRED_KEYS = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "weights")
 
 
-def build_body_model(arrays: Mapping[str, np.ndarray]) -> BodyModel:
+def build_body_model(arrays: Mapping[str, np.ndarray], *, dtype=jnp.float32) -> BodyModel:
   """A `BodyModel` from numpy arrays in the asset schema (see `jhmr.body.io`).
 
   Required: v_template (V,3), f (F,3), shapedirs (V,3,NB), posedirs (V,3,207), J_regressor
   (24,V), weights (V,24); optional kintree_table (2,24) (must be SMPL's tree), joint_names (24,),
   and per joint set `joint_set.<name>.{names, from_joints, from_vertices[, valid]}`.
+  Derived arrays are computed in float64 and stored as `dtype` (float64 needs x64 enabled).
   """
   missing = [k for k in REQUIRED_KEYS if k not in arrays]
   if missing:
@@ -404,16 +405,17 @@ def build_body_model(arrays: Mapping[str, np.ndarray]) -> BodyModel:
       shapedirs=shapedirs,
       posedirs=posedirs_model,
       weights=weights,
+      dtype=dtype,
     )
-  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  cast = lambda x: jnp.asarray(x, dtype)
   return BodyModel(
-    v_template=f32(v_template),
-    shapedirs=f32(shapedirs),
-    posedirs=None if not has_posedirs else f32(posedirs.reshape(nv * 3, -1).T),
-    J_regressor=f32(j_regressor),
-    J_template=f32(j_regressor @ v_template),
-    J_shapedirs=f32(np.einsum("jv,vcl->jcl", j_regressor, shapedirs)),
-    weights=f32(weights),
+    v_template=cast(v_template),
+    shapedirs=cast(shapedirs),
+    posedirs=None if not has_posedirs else cast(posedirs.reshape(nv * 3, -1).T),
+    J_regressor=cast(j_regressor),
+    J_template=cast(j_regressor @ v_template),
+    J_shapedirs=cast(np.einsum("jv,vcl->jcl", j_regressor, shapedirs)),
+    weights=cast(weights),
     faces=jnp.asarray(faces, jnp.int32),
     joint_sets=joint_sets,
     parents=parents,

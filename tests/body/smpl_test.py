@@ -222,6 +222,31 @@ def test_joints_only_gradient_at_rest_pose_is_finite_and_exact(random_asset):
   assert np.abs(fast["body_pose"]).max() > 0
 
 
+def test_float64_matches_smplx_float64_and_joints_only_is_exact(random_asset):
+  """In x64 the model agrees with smplx (float64) to its 1e-8 Rodrigues offset, and joints_only
+  equals the full path to rounding: the contracted regressor is exact algebra."""
+  import torch
+
+  pkl, arrays, _, _ = random_asset
+  ref = _smplx_model(pkl).to(torch.float64)
+  with jax.enable_x64(True):
+    model = body_io.smpl.build_body_model(arrays, dtype=jnp.float64)
+    params = {k: v.astype(np.float64) for k, v in _random_params(14, batch=(3,)).items()}
+
+    @jax.jit
+    def both(m, p):
+      return m(**p, joint_set="h36m17"), m.joints_only(**p, joint_set="h36m17")
+
+    full, fast = both(model, params)
+    assert full.vertices.dtype == jnp.float64
+    t = {k: torch.tensor(v.reshape(3, -1) if k == "body_pose" else v) for k, v in params.items()}
+    out = ref(**t)
+    np.testing.assert_allclose(full.vertices, out.vertices.detach().numpy(), atol=1e-7)
+    np.testing.assert_allclose(full.joints, out.joints[:, :24].detach().numpy(), atol=1e-7)
+    np.testing.assert_allclose(fast.keypoints, full.keypoints, atol=1e-12)
+    np.testing.assert_allclose(fast.joints, full.joints, atol=1e-12)
+
+
 def test_joints_only_equals_full_path_without_posedirs(tmp_path):
   arrays = body_io.random_body_model_arrays(1, 200, num_betas=8, pose_correctives=False)
   body_io.save_body_model_npz(arrays, tmp_path / "m.npz")
