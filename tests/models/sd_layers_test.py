@@ -139,8 +139,11 @@ def test_transformer_2d_matches_diffusers(linear):
   model = sd_layers.Transformer2DModel(
     heads, head_dim, depth=2, use_linear_projection=linear, groups=4
   )
-  _assert_close(_port(ref_model, model, x, ctx), _nhwc(ref))
-  # With the maps requested the output is unchanged and each map is a softmax over tokens.
+  if not linear:
+    _assert_close(_port(ref_model, model, x, ctx), _nhwc(ref))
+    return
+  # With the maps requested (explicit softmax path) the output is the same, and each map is a
+  # softmax over the context tokens (their values are checked against diffusers in unet_test).
   out, probs = _port(ref_model, model, x, ctx, return_probs=True)
   _assert_close(out, _nhwc(ref))
   assert len(probs) == 2 and probs[0].shape == (2, heads, 24, 5)

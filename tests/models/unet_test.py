@@ -188,6 +188,7 @@ def test_residuals_features_and_attention_maps_match_diffusers(sd1):
     np.testing.assert_allclose(np.asarray(probs), ref_probs, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bf16_compute_stays_close(sd1):
   """dtype=bfloat16 (params stored in bf16 too) tracks the float32 reference."""
   x, t, ctx = _inputs(TINY_SD1)
