@@ -292,6 +292,7 @@ def load_body_model(
   gender: str = "neutral",
   *,
   joint_sets: str | os.PathLike | None = None,
+  dtype=np.float32,
 ) -> smpl.BodyModel:
   """Loads a body model.
 
@@ -304,6 +305,7 @@ def load_body_model(
     gender: 'neutral', 'male' or 'female' (for directories).
     joint_sets: an `.npz` with `joint_set.<name>.*` keys to attach to the model (official SMPL
       files carry none); its sets replace those of the model file.
+    dtype: float dtype of the model arrays (np.float64 needs x64 enabled).
   """
   arrays = dict(read_body_model_arrays(resolve_body_model_path(path, gender)))
   if joint_sets is not None:
@@ -313,7 +315,7 @@ def load_body_model(
       raise ValueError(f"{joint_sets} holds no joint_set.* arrays")
     arrays = {k: v for k, v in arrays.items() if not k.startswith("joint_set.")}
     arrays.update({k: extra[k] for k in keys})
-  return smpl.build_body_model(arrays)
+  return smpl.build_body_model(arrays, dtype=dtype)
 
 
 def random_body_model_arrays(
