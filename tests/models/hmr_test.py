@@ -75,3 +75,79 @@ def test_bad_inputs_raise():
     HMR(depth=18, width=8).init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32)))
   with pytest.raises(ValueError, match="unsupported ResNet depth 20"):
     ResNet(20).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_matches_a_pytorch_resnet_and_spin_head():
+  """Same weights in a torchvision-style PyTorch ResNet-18 + SPIN regressor -> same outputs."""
+  torch = pytest.importorskip("torch")
+  tnn = torch.nn
+  model = HMR(depth=18, width=8, hidden=32, num_betas=4)
+  images = jax.random.normal(jax.random.PRNGKey(5), (2, 32, 32, 3))
+  variables = jax.jit(lambda k: model.init(k, images))(jax.random.PRNGKey(6))
+  # non-trivial BatchNorm statistics and affine parameters
+  leaves, treedef = jax.tree.flatten(variables)
+  keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
+  leaves = [
+    x + 0.1 * jax.random.uniform(k, x.shape) if x.ndim == 1 else x for x, k in zip(leaves, keys)
+  ]
+  variables = jax.tree.unflatten(treedef, leaves)
+  out = jax.jit(lambda v, x: model.apply(v, x))(variables, images)
+
+  params, stats = variables["params"], variables["batch_stats"]
+  t = lambda x: torch.tensor(np.asarray(x))
+
+  def conv(p, stride, pad):
+    k = np.asarray(p["kernel"])
+    c = tnn.Conv2d(k.shape[2], k.shape[3], k.shape[0], stride, pad, bias=False)
+    c.weight.data = t(k.transpose(3, 2, 0, 1))
+    return c
+
+  def bn(p, s):
+    b = tnn.BatchNorm2d(len(p["scale"]), eps=1e-5)
+    b.weight.data, b.bias.data = t(p["scale"]), t(p["bias"])
+    b.running_mean.data, b.running_var.data = t(s["mean"]), t(s["var"])
+    return b
+
+  class Block(tnn.Module):
+    def __init__(self, p, s, stride):
+      super().__init__()
+      self.c1, self.b1 = conv(p["conv1"], stride, 1), bn(p["bn1"], s["bn1"])
+      self.c2, self.b2 = conv(p["conv2"], 1, 1), bn(p["bn2"], s["bn2"])
+      self.down = None
+      if "downsample_conv" in p:
+        self.down = tnn.Sequential(
+          conv(p["downsample_conv"], stride, 0), bn(p["downsample_bn"], s["downsample_bn"])
+        )
+
+    def forward(self, x):
+      y = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
+      return torch.relu((x if self.down is None else self.down(x)) + y)
+
+  bp, bs = params["backbone"], stats["backbone"]
+  layers = [conv(bp["conv1"], 2, 3), bn(bp["bn1"], bs["bn1"]), tnn.ReLU(), tnn.MaxPool2d(3, 2, 1)]
+  for i in range(4):
+    for j in range(2):
+      name = f"layer{i + 1}_{j}"
+      layers.append(Block(bp[name], bs[name], 2 if i > 0 and j == 0 else 1))
+  trunk = tnn.Sequential(*layers).eval()
+
+  def dense(p):
+    k = np.asarray(p["kernel"])
+    d = tnn.Linear(*k.shape)
+    d.weight.data, d.bias.data = t(k.T), t(p["bias"])
+    return d
+
+  rp = params["regressor"]
+  fc1, fc2 = dense(rp["fc1"]), dense(rp["fc2"])
+  decs = [dense(rp[k]) for k in ("dec_pose", "dec_betas", "dec_cam")]
+  with torch.no_grad():
+    feats = trunk(t(images).permute(0, 3, 1, 2)).mean(dim=(2, 3))
+    pose = t(np.tile(np.array(model.mean_pose6d, np.float32), (2, 1)))
+    betas, cam = torch.zeros(2, 4), t(np.tile(np.array([0.9, 0.0, 0.0], np.float32), (2, 1)))
+    for _ in range(3):  # SPIN's iterative error feedback (dropout off in eval)
+      h = fc2(fc1(torch.cat([feats, pose, betas, cam], 1)))
+      pose, betas, cam = pose + decs[0](h), betas + decs[1](h), cam + decs[2](h)
+  np.testing.assert_allclose(out["features"], feats.numpy(), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out["pose6d"].reshape(2, 144), pose.numpy(), atol=1e-5)
+  np.testing.assert_allclose(out["betas"], betas.numpy(), atol=1e-5)
+  np.testing.assert_allclose(out["cam"], cam.numpy(), atol=1e-5)
