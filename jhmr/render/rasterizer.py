@@ -299,16 +299,18 @@ def rasterize(
   face_ids = jnp.where(mask, winner - jnp.arange(batch)[:, None, None] * num_faces, -1)
 
   # ---- Per-pixel attributes from the winning face (differentiable in the vertices): gathers of
-  # per-face columns (coefficients, inverse depths, normals) by the winner index, then scalar
+  # per-face scalars (coefficients, inverse depths, normals) by the winner index, then scalar
   # per-pixel maths (column gathers + explicit components keep XLA's CPU fusions cheap).
   tri_v = vertices[:, faces]  # [B, F, 3, 3]
   if smooth_normals:
     face_n = vertex_normals(vertices, faces)[:, faces].reshape(batch, num_faces, 9)
   else:
     face_n = jnp.cross(tri_v[:, :, 1] - tri_v[:, :, 0], tri_v[:, :, 2] - tri_v[:, :, 0])
-  table = jnp.concatenate([face_coef, face_iz, face_n], axis=-1).reshape(batch * num_faces, -1)
   idx = jnp.where(mask, winner, 0)
-  col = [table[:, k][idx] for k in range(table.shape[-1])]  # each [B, H, W]
+  per_face = [
+    x[..., k].reshape(-1) for x in (face_coef, face_iz, face_n) for k in range(x.shape[-1])
+  ]
+  col = [x[idx] for x in per_face]  # each [B, H, W]
   px = jnp.arange(width, dtype=dtype)[None, None, :] + 0.5
   py = jnp.arange(height, dtype=dtype)[None, :, None] + 0.5
   b0 = col[0] * px + col[1] * py + col[2]
