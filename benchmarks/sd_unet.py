@@ -103,6 +103,8 @@ def worker_diffusers(args) -> dict:
   from diffusers import UNet2DConditionModel
 
   device = "cuda" if torch.cuda.is_available() else "cpu"
+  if args.reference_device == "gpu" and device != "cuda":
+    raise SystemExit("jhmr ran on a GPU but this torch has no CUDA: no like-for-like reference")
   dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
   model = UNet2DConditionModel(cross_attention_dim=768).eval().to(device, dtype)
   rng = np.random.default_rng(1)
@@ -129,7 +131,7 @@ def worker_diffusers(args) -> dict:
   )
 
 
-def _run_worker(framework: str, case: tuple[int, int], args) -> dict | None:
+def _run_worker(framework: str, case: tuple[int, int], args, device="cpu") -> dict | None:
   size, batch = case
   cmd = [
     sys.executable,
@@ -148,6 +150,8 @@ def _run_worker(framework: str, case: tuple[int, int], args) -> dict | None:
     str(args.tokens),
     "--attention",
     args.attention,
+    "--reference-device",
+    device,
   ]
   proc = subprocess.run(cmd, capture_output=True, text=True)
   lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -179,6 +183,7 @@ def main() -> None:
   parser.add_argument("--worker", choices=["jhmr", "diffusers"], help=argparse.SUPPRESS)
   parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
   parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+  parser.add_argument("--reference-device", default="cpu", help=argparse.SUPPRESS)
   args = parser.parse_args()
 
   if args.worker:
@@ -196,9 +201,10 @@ def main() -> None:
   for case in cases:
     size, batch = case
     ours = _run_worker("jhmr", case, args)
-    ref = None if args.no_reference else _run_worker("diffusers", case, args)
     if ours is None:
       continue
+    platform = "gpu" if ours["device"].startswith(("gpu", "cuda")) else "cpu"
+    ref = None if args.no_reference else _run_worker("diffusers", case, args, platform)
     per_image = ours["flops"] / batch
     images_s = batch / ours["seconds"]
     peak = _peak_for(ours["device"], args.dtype, args.peak_tflops)

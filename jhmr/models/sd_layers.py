@@ -187,7 +187,8 @@ def attention(
     k, v: `[B, L_kv, H, D]` keys and values.
     implementation: 'xla' (one fused XLA computation, forms `[B, H, L_q, L_kv]` logits),
       'chunked' (query chunks one after another, so at most `[B, H, chunk, L_kv]` logits exist at
-      once), 'cudnn' (GPU flash attention, no logits in memory; bf16/fp16 only), or 'auto'
+      once), 'cudnn' (GPU flash attention, no logits in memory; bf16/fp16 inputs, head width a
+      multiple of 8 and <= 256 on Hopper; float32 inputs fall back to 'auto'), or 'auto'
       ('xla' when the logits block is small, 'chunked' otherwise).
     query_chunk_size: queries per chunk for 'chunked' (default: the largest power of two that
       keeps a chunk's logits within about 32M elements).
@@ -202,7 +203,9 @@ def attention(
   b, lq, h, _ = q.shape
   lk = k.shape[1]
   if implementation == "cudnn":
-    return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    if q.dtype in (jnp.bfloat16, jnp.float16):
+      return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    implementation = "auto"  # cuDNN flash attention takes half precision only
   if implementation == "auto":
     implementation = "xla" if b * h * lq * lk <= _MAX_LOGITS_ELEMENTS else "chunked"
   if implementation == "xla":

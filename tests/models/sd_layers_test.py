@@ -150,8 +150,9 @@ def test_transformer_2d_matches_diffusers(linear):
   np.testing.assert_allclose(np.asarray(probs[1]).sum(-1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("implementation", ["xla", "chunked", "auto"])
+@pytest.mark.parametrize("implementation", ["xla", "chunked", "auto", "cudnn"])
 def test_attention_implementations_agree_with_explicit_softmax(implementation):
+  # float32 inputs: 'cudnn' (half precision only) falls back to 'auto', also on CPU.
   kq, kk, kv = jax.random.split(jax.random.key(3), 3)
   q = jax.random.normal(kq, (2, 96, 3, 8))
   k = jax.random.normal(kk, (2, 40, 3, 8))
