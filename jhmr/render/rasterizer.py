@@ -16,10 +16,11 @@ screen space) into the z-buffer; a second sweep writes the id of the face that w
 Barycentrics, depth and normals are then recomputed per pixel from the winning face, so `depth`
 (and the normals) are differentiable with respect to the vertices (the visibility is not).
 
-Faces with a vertex at z <= `near` are dropped (no clipping). Pair counts are int32: the total
-number of (face, block) pairs of a call must stay below 2**31 (it is ~B * F for meshes whose faces
-cover a few pixels). Background pixels have depth 0,
-mask False, face id -1 and zero normals/barycentrics.
+Faces with a vertex at z <= `near` are dropped (no clipping). Background pixels have depth 0,
+mask False, face id -1 and zero normals/barycentrics. Pair counts are int32: the (face, block)
+pairs of one call must stay below 2**31 (about B * F for meshes whose faces cover a few pixels).
+Edges are inclusive (a pixel centre exactly on a shared edge goes to the nearer face; ties go to
+the higher face index).
 """
 
 from __future__ import annotations
