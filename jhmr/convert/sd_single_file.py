@@ -26,9 +26,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+from flax import traverse_util
+
 from jhmr.convert.clip_text import convert_clip_text_state_dict
-from jhmr.convert.common import ConversionError
-from jhmr.convert.diffusers_unet import convert_controlnet_state_dict, convert_unet_state_dict
+from jhmr.convert.common import ConversionError, to_numpy
+from jhmr.convert.diffusers_unet import (
+  convert_controlnet_state_dict,
+  convert_unet_state_dict,
+  flax_path,
+  unet_param_shapes,
+)
 from jhmr.convert.diffusers_vae import convert_vae_state_dict
 from jhmr.convert.torch_io import flat_arrays, load_torch_file
 from jhmr.models.clip_text import CLIP_VIT_L14_TEXT, CLIPTextConfig
@@ -289,11 +297,7 @@ def convert_sd_checkpoint(
 
   unet = vae = text = None
   if "unet" in parts:
-    layers = unet_config.layers_per_block
-    renamed = _rename_all(
-      groups["unet"], UNET_PREFIX, lambda k: ldm_unet_key(k, layers), f"{what} (U-Net)"
-    )
-    unet = convert_unet_state_dict(renamed, unet_config, what=f"{what} (U-Net)")
+    unet = convert_ldm_unet(groups["unet"], unet_config, what=f"{what} (U-Net)")
   if "vae" in parts:
     n = len(vae_config.block_out_channels)
     renamed = _rename_all(groups["vae"], VAE_PREFIX, lambda k: ldm_vae_key(k, n), f"{what} (VAE)")
@@ -302,6 +306,90 @@ def convert_sd_checkpoint(
     renamed = {k[len(TEXT_PREFIX) :]: v for k, v in groups["text_encoder"].items()}
     text = convert_clip_text_state_dict(renamed, text_config, what=f"{what} (text encoder)")
   return SDCheckpoint(unet_config, unet, vae_config, vae, text_config, text, tuple(skipped))
+
+
+def convert_ldm_unet(
+  state: Mapping[str, Any],
+  config: UNetConfig = SD15_UNET,
+  *,
+  prefix: str = UNET_PREFIX,
+  what: str = "U-Net checkpoint",
+) -> dict:
+  """ldm U-Net weights (every key starts with `prefix`) -> jhmr `UNet` params."""
+  outside = [k for k in state if not k.startswith(prefix)]
+  if outside:
+    raise ConversionError(f"{what}: keys without the prefix {prefix!r}: " + ", ".join(outside))
+  layers = config.layers_per_block
+  renamed = _rename_all(state, prefix, lambda k: ldm_unet_key(k, layers), what)
+  return convert_unet_state_dict(renamed, config, what=what)
+
+
+def split_lora(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]]]:
+  """Separates cloneofsimo `lora_diffusion` layers (DPMesh's checkpoints) from a state dict.
+
+  An injected Linear `M` is stored as `M.linear.{weight,bias}`, `M.lora_down.weight [r, in]`
+  and `M.lora_up.weight [out, r]`. Returns `(base, lora)`: `base` has `M.weight` / `M.bias` back
+  (ready for the plain converters), `lora` maps `M` -> `(down [r, in], up [out, r])`.
+
+  Raises:
+    ConversionError: a LoRA layer lacks its down, up or base Linear weight.
+  """
+  downs, ups = {}, {}
+  for key, value in state.items():
+    for suffix, table in ((".lora_down.weight", downs), (".lora_up.weight", ups)):
+      if key.endswith(suffix):
+        table[key[: -len(suffix)]] = value
+  adapted = set(downs) | set(ups)
+  base = {}
+  for key, value in state.items():
+    module, _, leaf = key.rpartition(".")
+    if module.endswith(".lora_down") or module.endswith(".lora_up"):
+      continue
+    if module.endswith(".linear") and module[: -len(".linear")] in adapted:
+      key = f"{module[: -len('.linear')]}.{leaf}"
+    base[key] = value
+  broken = sorted(m for m in adapted if m not in downs or m not in ups or f"{m}.weight" not in base)
+  if broken:
+    raise ConversionError(
+      "incomplete LoRA layers (need linear, lora_down, lora_up): " + ", ".join(broken)
+    )
+  return base, {m: (downs[m], ups[m]) for m in downs}
+
+
+def convert_ldm_unet_lora(
+  lora: Mapping[str, tuple[Any, Any]],
+  config: UNetConfig = SD15_UNET,
+  *,
+  prefix: str = UNET_PREFIX,
+  what: str = "U-Net LoRA",
+) -> dict:
+  """`split_lora`'s layers of an ldm U-Net -> a `jhmr.models.lora` tree for `UNet(config)`:
+  `{module path: {lora_down [in, r], lora_up [r, out]}}` (so `merge(params, tree, 1.0)` gives
+  the Linear `W + up @ down` of `lora_diffusion`)."""
+  shapes = traverse_util.flatten_dict(unet_param_shapes(config))
+  layers = config.layers_per_block
+  out, problems = {}, []
+  for module, (down, up) in lora.items():
+    key = (
+      ldm_unet_key(module[len(prefix) :] + ".weight", layers) if module.startswith(prefix) else None
+    )
+    path = flax_path(key)[:-1] if key else None
+    kernel = shapes.get((*path, "kernel")) if path else None
+    down, up = to_numpy(down), to_numpy(up)
+    if kernel is None or len(kernel.shape) != 2:
+      problems.append(f"{module}: no Dense layer of the U-Net")
+    elif down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
+      problems.append(f"{module}: lora_down {down.shape} / lora_up {up.shape} do not chain")
+    elif (down.shape[1], up.shape[0]) != tuple(kernel.shape):
+      problems.append(
+        f"{module}: LoRA maps {down.shape[1]}->{up.shape[0]}, layer is {kernel.shape}"
+      )
+    else:
+      out[(*path, "lora_down")] = np.ascontiguousarray(down.T)
+      out[(*path, "lora_up")] = np.ascontiguousarray(up.T)
+  if problems:
+    raise ConversionError(f"{what}: " + "; ".join(problems))
+  return traverse_util.unflatten_dict(out)
 
 
 def load_sd_checkpoint(path: str | pathlib.Path, **kwargs) -> SDCheckpoint:

@@ -288,3 +288,54 @@ def test_ldm_controlnet_matches_diffusers(models, direct):
   # the SD weights that share the file are ignored by the ControlNet converter
   params = sd_single_file.convert_ldm_controlnet({**ldm, **models["ldm"]}, config)
   _assert_trees_equal(params, diffusers_unet.convert_controlnet_state_dict(sd, config))
+
+
+def test_cloneofsimo_lora_layers_split_and_merge(models, configs):
+  """DPMesh-style U-Net with lora_diffusion layers: the base converts as usual and the LoRA tree
+  merged with `jhmr.models.lora.merge` gives `W + up @ down`."""
+  from jhmr.models import lora as jlora
+
+  unet_state = {k: v for k, v in models["ldm"].items() if k.startswith("model.diffusion_model.")}
+  p = "model.diffusion_model."
+  modules = [
+    p + "input_blocks.1.1.transformer_blocks.0.attn1.to_q",
+    p + "middle_block.1.transformer_blocks.0.attn2.to_out.0",
+    p + "output_blocks.3.1.transformer_blocks.0.ff.net.0.proj",
+  ]
+  g = torch.Generator().manual_seed(7)
+  expected = {}
+  for m in modules:
+    w = unet_state.pop(f"{m}.weight")
+    unet_state[f"{m}.linear.weight"] = w
+    if f"{m}.bias" in unet_state:
+      unet_state[f"{m}.linear.bias"] = unet_state.pop(f"{m}.bias")
+    down, up = torch.randn(3, w.shape[1], generator=g), torch.randn(w.shape[0], 3, generator=g)
+    unet_state[f"{m}.lora_down.weight"], unet_state[f"{m}.lora_up.weight"] = down, up
+    expected[m] = (w + up @ down).numpy().T
+
+  base, layers = sd_single_file.split_lora(unet_state)
+  assert set(layers) == set(modules)
+  params = sd_single_file.convert_ldm_unet(base, configs["unet_config"])
+  _assert_trees_equal(
+    params,
+    diffusers_unet.convert_unet_state_dict(models["unet"].state_dict(), configs["unet_config"]),
+  )
+  tree = sd_single_file.convert_ldm_unet_lora(layers, configs["unet_config"])
+  merged = jlora.merge(params, tree, 1.0)
+  paths = [
+    ("down_blocks_0", "attentions_0", "transformer_blocks_0", "attn1", "to_q"),
+    ("mid_block", "attentions_0", "transformer_blocks_0", "attn2", "to_out_0"),
+    ("up_blocks_1", "attentions_0", "transformer_blocks_0", "ff", "net_0", "proj"),
+  ]
+  for m, path in zip(modules, paths):
+    kernel = merged
+    for name in path:
+      kernel = kernel[name]
+    np.testing.assert_allclose(np.asarray(kernel["kernel"]), expected[m], atol=1e-5)
+
+  incomplete = {k: v for k, v in unet_state.items() if k != f"{modules[0]}.lora_up.weight"}
+  with pytest.raises(ConversionError, match="incomplete LoRA layers"):
+    sd_single_file.split_lora(incomplete)
+  wrong = {modules[1]: (torch.zeros(3, 7), torch.zeros(64, 3))}
+  with pytest.raises(ConversionError, match="LoRA maps 7->64"):
+    sd_single_file.convert_ldm_unet_lora(wrong, configs["unet_config"])
