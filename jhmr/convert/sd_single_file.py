@@ -13,6 +13,10 @@ every missing, unexpected or mis-shaped weight raises. ControlNet files in the l
 layout (`control_model.*`: `zero_convs`, `middle_block_out`, `input_hint_block`) are handled by
 `convert_ldm_controlnet`.
 
+U-Nets with cloneofsimo `lora_diffusion` layers injected (DPMesh's checkpoints:
+`M.linear.weight`, `M.lora_down.weight`, `M.lora_up.weight`) are read with `split_lora`, then
+`convert_ldm_unet` (base) and `convert_ldm_unet_lora` (a `jhmr.models.lora` tree).
+
 Keys that are not weights of these models (the schedule buffers `betas`, `alphas_cumprod`, ...,
 the EMA copy `model_ema.*` and the VAE's training loss `first_stage_model.loss.*`) are skipped and
 listed in the result's `skipped`; any other key raises.

@@ -185,3 +185,20 @@ def test_attention_rejects_unknown_implementation():
   x = jnp.zeros((1, 4, 1, 8))
   with pytest.raises(ValueError, match="flash"):
     sd_layers.attention(x, x, x, implementation="flash")
+
+
+def test_chunked_attention_gradient_equals_xla():
+  kq, kk, kv, kw = jax.random.split(jax.random.key(4), 4)
+  q = jax.random.normal(kq, (1, 64, 2, 8))
+  k = jax.random.normal(kk, (1, 24, 2, 8))
+  v = jax.random.normal(kv, (1, 24, 2, 8))
+  w = jax.random.normal(kw, q.shape)
+
+  def grads(implementation):
+    loss = lambda q, k, v: jnp.sum(
+      w * sd_layers.attention(q, k, v, implementation=implementation, query_chunk_size=16)
+    )
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+
+  for ours, ref in zip(grads("chunked"), grads("xla")):
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=1e-5)
