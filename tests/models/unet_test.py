@@ -250,3 +250,18 @@ def test_full_size_parameter_count_equals_diffusers(ours, theirs):
   count = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
   assert count == sum(p.numel() for p in ref.parameters())
   assert count == {4: 859_520_964, 5: 865_913_604}[ours.in_channels]
+
+
+@pytest.mark.slow
+def test_gradients_match_diffusers(sd1):
+  """d/d(sample, context) of a weighted sum of the output (DPMesh trains through the U-Net)."""
+  x, t, ctx = _inputs(TINY_SD1, seed=6)
+  w = np.random.default_rng(7).standard_normal(x.shape[:3] + (4,)).astype(np.float32)
+  loss = lambda x, c: jnp.sum(w * sd1.model.apply({"params": sd1.params}, x, t, c))
+  gx, gc = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, ctx)
+  tx = _nchw(x).requires_grad_(True)
+  tc = torch.from_numpy(ctx).requires_grad_(True)
+  out = sd1.torch_model(tx, torch.from_numpy(t), tc).sample
+  (out * _nchw(w)).sum().backward()
+  assert _rel_err(gx, _nhwc(tx.grad)) < 1e-4
+  assert _rel_err(gc, tc.grad.numpy()) < 1e-4
