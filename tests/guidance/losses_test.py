@@ -35,7 +35,7 @@ def test_keypoint_loss_matches_formula(tiny_body):
   center = jnp.array([[500.0, 400.0]] * b)
   size = jnp.array([[1000.0, 800.0]] * b)
   loss = KeypointLoss()
-  got = loss(tiny_body, x0, betas, cam, kp2d, conf, focal, center, size)
+  got = jax.jit(loss)(tiny_body, x0, betas, cam, kp2d, conf, focal, center, size)
   pose = rotations.rot6d_to_matrix(jnp.reshape(x0, (b, 24, 6)))
   joints = tiny_body(betas, pose[:, 1:], pose[:, 0], pose_format="rotmat", joint_set="openpose25")
   p = np.asarray(joints.keypoints, np.float64) + np.asarray(cam)[:, None]
@@ -91,10 +91,10 @@ def test_combination_and_mask(tiny_body):
   }
   cam = jnp.tile(jnp.array([[0.0, 0.0, 20.0]]), (b, 1))
   video = GuidanceLoss(keypoint_weight=0.003, temporal_weight=30.0)
-  total, raw = video(x0, cam, data)
+  total, raw = jax.jit(video)(x0, cam, data)
   np.testing.assert_allclose(total, 0.003 * raw + 30.0 * TemporalLoss()(x0, data["group"]), 1e-5)
   active = jnp.array([1.0, 0.0, 1.0, 0.0])
-  masked, _ = video(x0, cam, data, active)
+  masked, _ = jax.jit(video)(x0, cam, data, active)
   np.testing.assert_allclose(masked, total - 0.003 * raw * (1 - active), rtol=1e-5)
   mv = GuidanceLoss(keypoint_weight=0.0, multiview_weight=0.005)
   total, raw = mv(x0, cam, data)

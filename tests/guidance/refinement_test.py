@@ -54,7 +54,7 @@ def _scene(body, b=6, seed=1, noise=0.15):
 def _official_loop(net, params, obs, body, config):
   """A plain Python transcription of the official guided sampler (early stopping off)."""
   b = obs.init_pose.shape[0]
-  eps_fn = lambda x, t: net.apply(params, x, jnp.full((b,), t), obs.features)
+  eps_fn = jax.jit(lambda x, t: net.apply(params, x, jnp.full((b,), t), obs.features))
   kp = lambda x0, cam: jnp.sum(
     KeypointLoss()(
       body,
@@ -68,6 +68,7 @@ def _official_loop(net, params, obs, body, config):
       obs.image_size,
     )
   )
+  grads = jax.jit(jax.grad(kp, argnums=(0, 1)))  # unweighted; W_KP2D applied to the pose part
   x = jnp.reshape(rotations.matrix_to_rot6d(obs.init_pose), (b, 144))
   cam = obs.init_cam_t
   m = v = jnp.zeros_like(cam)
@@ -80,8 +81,8 @@ def _official_loop(net, params, obs, body, config):
     for t, s in zip(grid[::-1][:-1], grid[::-1][1:]):
       eps = eps_fn(x, t)
       x0_hat = predict_x0(x, eps, AB[t])
-      g_xt = jax.grad(lambda x0, c=cam: 0.003 * kp(x0, c))(x0_hat) / jnp.sqrt(AB[t])
-      g_cam = jax.grad(kp, argnums=1)(x0_hat, cam)
+      g_x0, g_cam = grads(x0_hat, cam)
+      g_xt = 0.003 * g_x0 / jnp.sqrt(AB[t])
       eps = eps + jnp.sqrt(1 - AB[t]) * g_xt
       x0 = predict_x0(x, eps, AB[t])
       x = ddim_step(x0, eps, AB[s])

@@ -52,6 +52,7 @@ def test_fit_reduces_the_objective_and_keypoint_error(problem, tiny_body):
   assert np.all(np.asarray(after) < 0.5 * np.asarray(before))
 
 
+@pytest.mark.slow
 def test_pose_prior_holds_the_initial_estimate(problem):
   obs, _ = problem
   init6d = jnp.reshape(rotations.matrix_to_rot6d(obs.init_pose), (4, 144))

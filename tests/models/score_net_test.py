@@ -56,21 +56,22 @@ def test_cached_path_equals_module(cond_dim):
     lambda p, v: v + 0.2 * jax.random.normal(k4, v.shape) if "layer_norm" in str(p) else v,
     params,
   )
+  apply = jax.jit(net.apply)
+  cached = jax.jit(lambda p, x, t, c: denoise_cached(p, x, t, encode_condition(p, c, net), net))
   for t in (0, 2, 50, 999):
-    want = net.apply(params, x, jnp.full((6,), t), c)
-    got = jax.jit(denoise_cached, static_argnums=4)(
-      params, x, t, encode_condition(params, c, net), net
-    )
-    np.testing.assert_allclose(got, want, atol=3e-5, rtol=1e-5)
+    want = apply(params, x, jnp.full((6,), t), c)
+    np.testing.assert_allclose(cached(params, x, t, c), want, atol=3e-5, rtol=1e-5)
 
 
 def test_bad_shapes_raise():
   net = ScoreNet(cond_dim=8, hidden=16)
   x = jnp.zeros((2, 144))
-  params = net.init(jax.random.key(0), x, 0, jnp.zeros((2, 8)))
+  params = jax.eval_shape(net.init, jax.random.key(0), x, 0, jnp.zeros((2, 8)))
+  shape_of = lambda *args: jax.eval_shape(net.apply, params, *args)  # traces, never runs
+  assert shape_of(x, 0, jnp.zeros((2, 8))).shape == (2, 144)
   with pytest.raises(ValueError, match=r"x \[..., 144\]"):
-    net.apply(params, jnp.zeros((2, 143)), 0, jnp.zeros((2, 8)))
+    shape_of(jnp.zeros((2, 143)), 0, jnp.zeros((2, 8)))
   with pytest.raises(ValueError, match="condition"):
-    net.apply(params, x, 0, None)
+    shape_of(x, 0, None)
   with pytest.raises(ValueError, match="condition"):
-    net.apply(params, x, 0, jnp.zeros((2, 9)))
+    shape_of(x, 0, jnp.zeros((2, 9)))
