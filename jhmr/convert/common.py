@@ -86,7 +86,9 @@ def strict_fill(
     problems.append(f"{len(mis_shaped)} mis-shaped: " + "; ".join(mis_shaped))
   if problems:
     raise ConversionError(f"{what} does not match the model:\n  " + "\n  ".join(problems))
-  filled = {p: np.asarray(converted[p], dtype=flat_target[p].dtype) for p in flat_target}
+  # Copy: a torch tensor's `.numpy()` shares memory with the module it came from, and converted
+  # parameters must not change when that module does.
+  filled = {p: np.array(converted[p], dtype=flat_target[p].dtype, copy=True) for p in flat_target}
   return traverse_util.unflatten_dict(filled)
 
 
