@@ -9,7 +9,7 @@ from jhmr.geometry import cameras, rotations
 from jhmr.guidance import smplify
 from jhmr.guidance.observation import Observation
 
-CONFIG = smplify.SmplifyConfig(num_steps=60, learning_rate=2e-2)
+CONFIG = smplify.SmplifyConfig(num_steps=60, learning_rate=2e-2, pose_weight=50.0)
 
 
 @pytest.fixture(scope="module")
