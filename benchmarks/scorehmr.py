@@ -355,7 +355,7 @@ def main():
   p.add_argument("--retrain", action="store_true")
   p.add_argument("--prior", default=None, help="a saved prior .npz to use instead of the cache")
   p.add_argument("--skip-train", action="store_true", help="require a cached prior")
-  p.add_argument("--train-steps", type=int, default=4000)
+  p.add_argument("--train-steps", type=int, default=12000)
   p.add_argument("--train-batch", type=int, default=128)
   p.add_argument("--lr", type=float, default=3e-4)
   p.add_argument("--prior-hidden", type=int, default=512)
