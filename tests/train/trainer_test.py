@@ -192,10 +192,10 @@ def test_bad_configs_raise():
   config.optimizer.name = "lion"
   with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
     make_optimizer(config)
-  config = toy.make_config(10)
-  config.train.batch_size = 15
-  with pytest.raises(ValueError, match="batch size 15"):
-    trainer.train(config, "/nonexistent", toy.make_task())
+  from jhmr.train.input_pipeline import make_iterator
+
+  with pytest.raises(ValueError, match="batch size 15 is not divisible by 2 processes"):
+    make_iterator([{"i": 0}], 15, seed=0, process_index=0, process_count=2)
 
 
 def test_process_slices_rebuild_the_global_batch():
