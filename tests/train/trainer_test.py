@@ -49,6 +49,7 @@ def reference(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("reference")
   config = toy.make_config(STEPS)
   config.train.tensorboard = True
+  config.train.eval_every = 10
   state = trainer.train(config, workdir, toy.make_task())
   assert int(state.step) == STEPS
   return workdir, _flat(state)
@@ -62,8 +63,11 @@ def _script(workdir, steps, *args):
 
 def test_loss_decreases_and_ema_lags(reference):
   workdir, flat = reference
-  rows = read_metrics(workdir)
+  rows = [r for r in read_metrics(workdir) if "loss" in r]
   assert [r["step"] for r in rows] == list(range(5, STEPS + 1, 5))
+  evals = [r for r in read_metrics(workdir) if "eval/mse" in r]
+  assert [r["step"] for r in evals] == [10, 20]  # the periodic evaluation hook (EMA params)
+  assert evals[-1]["eval/mse"] < evals[0]["eval/mse"]
   assert rows[-1]["loss"] < 0.6 * rows[0]["loss"]
   assert all(r["examples_per_s"] > 0 and r["lr"] == pytest.approx(1e-2) for r in rows)
   diffs = [np.abs(flat[k] - flat["ema_" + k]).max() for k in flat if k.startswith("params/")]
