@@ -30,6 +30,7 @@ TEST = [
   "transformers",
   "safetensors",
   "hypothesis",
+  "ema-pytorch==0.8.3",  # oracle for the EMA update (ScoreHMR trains with it)
   "pytest",
   "pytest-timeout",
   "ruff",
@@ -51,4 +52,5 @@ setuptools.setup(
   include_package_data=True,
   install_requires=RUNTIME,
   extras_require={"test": TEST, "anny": ANNY},
+  license_files=["LICENSE", "NOTICE"],
 )
