@@ -17,6 +17,7 @@ RUNTIME = [
   "pillow",
   "matplotlib",
   "tqdm",
+  "tensorboardX",  # training metrics as TensorBoard events, without TensorFlow
   "scipy",
   "safetensors",  # reading user checkpoints without torch (numpy backend)
 ]
