@@ -15,34 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-SMPL_JOINT_NAMES = (
-  "pelvis",
-  "left_hip",
-  "right_hip",
-  "spine1",
-  "left_knee",
-  "right_knee",
-  "spine2",
-  "left_ankle",
-  "right_ankle",
-  "spine3",
-  "left_foot",
-  "right_foot",
-  "neck",
-  "left_collar",
-  "right_collar",
-  "head",
-  "left_shoulder",
-  "right_shoulder",
-  "left_elbow",
-  "right_elbow",
-  "left_wrist",
-  "right_wrist",
-  "left_hand",
-  "right_hand",
-)
-
-SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
+from jhmr.body.joints import SMPL_JOINT_NAMES, SMPL_PARENTS  # noqa: F401 (re-exported)
 
 _TOE_BASES = ("toe1-1", "toe2-1", "toe3-1", "toe4-1", "toe5-1")
 _TOES = ("toe1-1", "toe1-2") + tuple(f"toe{t}-{k}" for t in range(2, 6) for k in (1, 2, 3))

@@ -15,6 +15,24 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+# Schedule buffers that DDPM-style PyTorch code (guided-diffusion, CompVis ldm, ScoreHMR) registers
+# on the model and therefore saves in checkpoints. They hold no weights: converters check or skip
+# them.
+DDPM_SCHEDULE_BUFFERS = (
+  "betas",
+  "alphas_cumprod",
+  "alphas_cumprod_prev",
+  "sqrt_alphas_cumprod",
+  "sqrt_one_minus_alphas_cumprod",
+  "log_one_minus_alphas_cumprod",
+  "sqrt_recip_alphas_cumprod",
+  "sqrt_recipm1_alphas_cumprod",
+  "posterior_variance",
+  "posterior_log_variance_clipped",
+  "posterior_mean_coef1",
+  "posterior_mean_coef2",
+)
+
 
 class ConversionError(ValueError):
   """A checkpoint does not match the model it is being loaded into."""

@@ -22,26 +22,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jhmr.convert.common import ConversionError, convert_state_dict, linear_kernel, to_numpy
+from jhmr.convert.common import (
+  DDPM_SCHEDULE_BUFFERS,
+  ConversionError,
+  convert_state_dict,
+  linear_kernel,
+  to_numpy,
+)
 from jhmr.convert.torch_io import load_torch_file
 from jhmr.diffusion.schedules import make_alphas_cumprod
 from jhmr.models.score_net import ScoreNet
 
-SCHEDULE_BUFFERS = (
-  "betas",
-  "alphas_cumprod",
-  "alphas_cumprod_prev",
-  "sqrt_alphas_cumprod",
-  "sqrt_one_minus_alphas_cumprod",
-  "log_one_minus_alphas_cumprod",
-  "sqrt_recip_alphas_cumprod",
-  "sqrt_recipm1_alphas_cumprod",
-  "posterior_variance",
-  "posterior_log_variance_clipped",
-  "posterior_mean_coef1",
-  "posterior_mean_coef2",
-  "p2_loss_weight",
-)
+SCHEDULE_BUFFERS = (*DDPM_SCHEDULE_BUFFERS, "p2_loss_weight")
 
 _BLOCK = re.compile(r"^(blocks(?:_betas)?)\.(\d+)\.(.*)$")
 _TIME = re.compile(r"^(time_mlp(?:_betas)?)\.([13])\.(weight|bias)$")

@@ -34,7 +34,7 @@ import numpy as np
 from flax import traverse_util
 
 from jhmr.convert.clip_text import convert_clip_text_state_dict
-from jhmr.convert.common import ConversionError, to_numpy
+from jhmr.convert.common import DDPM_SCHEDULE_BUFFERS, ConversionError, to_numpy
 from jhmr.convert.diffusers_unet import (
   convert_controlnet_state_dict,
   convert_unet_state_dict,
@@ -54,23 +54,7 @@ TEXT_PREFIX = "cond_stage_model.transformer."
 CONTROLNET_PREFIX = "control_model."
 PARTS = ("unet", "vae", "text_encoder")
 
-_SCHEDULE_BUFFERS = frozenset(
-  {
-    "betas",
-    "alphas_cumprod",
-    "alphas_cumprod_prev",
-    "sqrt_alphas_cumprod",
-    "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod",
-    "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance",
-    "posterior_log_variance_clipped",
-    "posterior_mean_coef1",
-    "posterior_mean_coef2",
-    "logvar",
-  }
-)
+_SCHEDULE_BUFFERS = frozenset({*DDPM_SCHEDULE_BUFFERS, "logvar"})
 _SKIPPED_PREFIXES = ("model_ema.", "first_stage_model.loss.")
 
 _RESNET = {
