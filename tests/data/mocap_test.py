@@ -7,26 +7,10 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from jhmr.data import bvh, mocap
+from jhmr.data.cmu_mocap import dummy_data_generator as cmu_dummy
 
-# A plausible SMPL-like T-pose skeleton (metres, Y up, facing +Z, left = +X), so these tests do
-# not depend on the body model asset.
-_CENTER = {0: (0, 0.9, 0), 3: (0, 1.0, 0), 6: (0, 1.13, 0), 9: (0, 1.18, 0.01), 12: (0, 1.4, -0.01)}
-_CENTER |= {15: (0, 1.5, 0.03)}
-_LEFT = {1: (0.09, 0.82, 0), 4: (0.1, 0.45, 0), 7: (0.1, 0.07, -0.02), 10: (0.11, 0.02, 0.1)}
-_LEFT |= {13: (0.07, 1.33, 0), 16: (0.18, 1.35, -0.01), 18: (0.43, 1.34, -0.02)}
-_LEFT |= {20: (0.68, 1.34, -0.01), 22: (0.76, 1.33, -0.01)}
-
-
-def _skeleton() -> mocap.Skeleton:
-  joints = np.zeros((24, 3))
-  for j, p in _CENTER.items():
-    joints[j] = p
-  for j, (x, y, z) in _LEFT.items():
-    joints[j], joints[j + 1] = (x, y, z), (-x, y, z)
-  return mocap.Skeleton(joints, np.array(mocap.SMPL_PARENTS))
-
-
-SKELETON = _skeleton()
+# A plausible SMPL-like T-pose skeleton, so these tests do not depend on the body model asset.
+SKELETON = cmu_dummy.SKELETON
 
 
 def _angle_error_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
