@@ -20,8 +20,14 @@ Variants (`--config configs/scorehmr.py:<variant>`):
          procedural ones; the full 13k-vertex body and 128 px crops. ~1 h on 2 CPU cores.
   3dpw, emdb, h36m   official protocols and hyper-parameters (ResNet-50, 224 px crops, score net
          width 1024, Adam 1e-4 betas (0.9, 0.99), batch 128, 1M steps, EMA 0.995 every 10) once
-         the user supplies the data through the jhmr.data builders; until then the job stops with
-         an error naming the missing dataset.
+         the user supplies the data: --config.data.data_dir=TFDS_DIR (prepared builders) and
+         --config.data.manual_dir=RAW_DIR (the official files, layout in jhmr/data/<name>/);
+         read by jhmr.pipelines.real_data (sets a dataset lacks, e.g. 3DPW multi-view, are
+         skipped). Without the data the job stops with an error naming the missing directory.
+
+Refine only: with the regressor and score model already trained in the workdir (e.g. to try
+other config.refine settings), rerun refinement + evaluation without training:
+  python -m jhmr.launch --config configs/scorehmr.py --workdir runs/scorehmr --config.task=refine
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     source="procedural",  # procedural | cmu | threedpw | emdb | h36m
     cmu_root="../shared/data/cmu_mocap",
     cmu_subjects=20,  # subject folders read per split (reading BVH files is slow)
+    data_dir="~/tensorflow_datasets",  # threedpw | emdb | h36m: TFDS data dir of the builders
+    manual_dir="",  # their raw official files ('' = <data_dir>/downloads/manual)
     image_size=64,
     focal_length=5000.0,
     num_train=4096,

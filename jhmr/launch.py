@@ -41,13 +41,34 @@ def _evaluate(config, workdir):
   return scorehmr.evaluate(config, workdir)
 
 
+def _refine(config, workdir):
+  """ScoreHMR refinement + evaluation with the models already trained in `workdir`."""
+  import pathlib
+
+  from jhmr.pipelines import scorehmr
+
+  missing = [d for d in ("regressor", "score_model") if not (pathlib.Path(workdir) / d).is_dir()]
+  if missing:
+    raise FileNotFoundError(
+      f"task refine needs trained models in {workdir}; missing {', '.join(missing)} "
+      "(train them first with --config.task=train or the default task)"
+    )
+  return scorehmr.evaluate(config, workdir)
+
+
 def _body_demo(config, workdir):
   from jhmr.pipelines import body_demo
 
   return body_demo.run(config, workdir)
 
 
-TASKS = {"scorehmr": _scorehmr, "train": _train, "evaluate": _evaluate, "body_demo": _body_demo}
+TASKS = {
+  "scorehmr": _scorehmr,
+  "train": _train,
+  "evaluate": _evaluate,
+  "refine": _refine,
+  "body_demo": _body_demo,
+}
 
 
 def main(argv):
