@@ -158,18 +158,23 @@ def _run(source, tmp_path):
   assert ("keypoint fitting", "ScoreHMR") in tasks
   with open(workdir / "results.csv") as f:
     assert len(list(csv.DictReader(f))) == len(result["rows"])
-  return tasks
+  return tasks, config, workdir, result
 
 
 @pytest.mark.timeout(600)
-def test_threedpw_job_runs_end_to_end(tmp_path):
-  tasks = _run("threedpw", tmp_path)
+def test_threedpw_job_runs_end_to_end_and_refines_again(tmp_path):
+  from jhmr import launch
+
+  tasks, config, workdir, result = _run("threedpw", tmp_path)
   assert not any(t == "multi-view" for t, _ in tasks)  # 3DPW has no multi-view set
+  # The refine task reuses the trained models: the same refinement, the same numbers.
+  again = launch.TASKS["refine"](config, str(workdir))
+  assert again["rows"] == result["rows"]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("source", ["emdb", "h36m"])
 def test_job_runs_end_to_end(source, tmp_path):
-  tasks = _run(source, tmp_path)
+  tasks = _run(source, tmp_path)[0]
   assert (("multi-view", "ScoreHMR") in tasks) == (source == "h36m")
