@@ -178,3 +178,28 @@ def test_threedpw_job_runs_end_to_end_and_refines_again(tmp_path):
 def test_job_runs_end_to_end(source, tmp_path):
   tasks = _run(source, tmp_path)[0]
   assert (("multi-view", "ScoreHMR") in tasks) == (source == "h36m")
+
+
+def test_video_set_groups_consecutive_frames(tmp_path, body_model):
+  from jhmr.data import builders
+
+  config = _config("threedpw", tmp_path)
+  real_data.load_sets(config, body_model)  # prepares threedpw/frames
+  source = builders.make_builder("threedpw/frames", data_dir=str(tmp_path)).as_data_source()
+  row = source["test"][0]
+  # One track of 5 frames (0-3 consecutive, then 9): the shortest run allowed is 3.
+  rows = [dict(row, frame_index=np.int32(t)) for t in (0, 1, 2, 3, 9)]
+  video = real_data._video(
+    jax_key(), rows, body_model, config, real_data._threedpw_reference, "sequence"
+  )
+  np.testing.assert_array_equal(video["group"], [0, 0, 0, 0])  # sequence_length 6 -> 4
+  _check_set(video, 32, body_model.num_betas)
+  np.testing.assert_allclose(video["body_pose"], np.repeat(row["body_pose"][None], 4, 0))
+  rows = [dict(row, frame_index=np.int32(t)) for t in (0, 1, 5, 6)]
+  assert real_data._video(jax_key(), rows, body_model, config, None, "sequence") is None
+
+
+def jax_key():
+  import jax
+
+  return jax.random.PRNGKey(0)
