@@ -7,6 +7,7 @@ the original state dict back exactly. jhmr's converter must then give the same p
 converting the diffusers state dicts directly.
 """
 
+import functools
 import re
 
 import jax
@@ -22,6 +23,9 @@ from diffusers.loaders import single_file_utils as sfu  # noqa: E402
 from jhmr.convert import clip_text, diffusers_unet, diffusers_vae, sd_single_file  # noqa: E402
 from jhmr.convert.common import ConversionError  # noqa: E402
 from jhmr.models.controlnet import ControlNetConfig  # noqa: E402
+from tests import torch_reference  # noqa: E402
+
+randomize = functools.partial(torch_reference.randomize, scale=0.1)
 
 LAYERS = 2
 TINY_UNET = dict(
@@ -152,14 +156,6 @@ def _to_ldm_vae(key, value, n):
   return key, value
 
 
-def _randomize(module, seed):
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for p in module.parameters():
-      p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-  return module.eval()
-
-
 def _assert_state_dicts_equal(a, b):
   assert set(a) == set(b), set(a) ^ set(b)
   for k in a:
@@ -173,9 +169,9 @@ def _assert_trees_equal(a, b):
 
 @pytest.fixture(scope="module")
 def models():
-  unet = _randomize(diffusers.UNet2DConditionModel(**TINY_UNET), 0)
-  vae = _randomize(diffusers.AutoencoderKL(**TINY_VAE), 1)
-  clip = _randomize(transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_CLIP)), 2)
+  unet = randomize(diffusers.UNet2DConditionModel(**TINY_UNET), 0)
+  vae = randomize(diffusers.AutoencoderKL(**TINY_VAE), 1)
+  clip = randomize(transformers.CLIPTextModel(transformers.CLIPTextConfig(**TINY_CLIP)), 2)
   sd = {k: v.clone() for k, v in unet.state_dict().items()}
   ldm = {}
   for k, v in sd.items():
@@ -263,7 +259,7 @@ def test_ldm_controlnet_matches_diffusers(models, direct):
   hint_channels = (8, 8, 16, 16)  # 4 levels, as in SD: diffusers' oracle assumes that layout
   levels = len(hint_channels)
   in_channels = 4 + 6 if direct else 4
-  cn = _randomize(
+  cn = randomize(
     diffusers.ControlNetModel(
       **{k: v for k, v in TINY_UNET.items() if k not in ("sample_size", "up_block_types")},
       in_channels=in_channels,

@@ -1,6 +1,7 @@
 """jhmr.models.controlnet vs diffusers' ControlNetModel (float32, tiny random configs)."""
 
 import copy
+import functools
 
 import jax
 import numpy as np
@@ -16,6 +17,10 @@ from jhmr.models.controlnet import (  # noqa: E402
   ControlNetConfig,
   controlnet_params_from_unet,
 )
+from tests import torch_reference  # noqa: E402
+from tests.torch_reference import nchw, nhwc, rel_err  # noqa: E402
+
+randomize = functools.partial(torch_reference.randomize, scale=0.15)
 
 TINY_UNET = dict(
   sample_size=16,
@@ -28,28 +33,6 @@ TINY_UNET = dict(
   norm_num_groups=8,
 )
 HEATMAPS = 6  # DPMesh uses 30 joint heatmaps; any count works
-
-
-def _randomize(module, seed=0, scale=0.15):
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for p in module.parameters():
-      p.copy_(torch.randn(p.shape, generator=g) * scale)
-  return module.eval()
-
-
-def _nchw(x):
-  return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
-
-
-def _nhwc(t):
-  return t.detach().numpy().transpose(0, 2, 3, 1)
-
-
-def _rel_err(ours, ref):
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  assert ours.shape == ref.shape, (ours.shape, ref.shape)
-  return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
 def _inputs(seed=0):
@@ -65,17 +48,17 @@ def _assert_residuals_match(ours, ref):
   ref_down, ref_mid = ref
   assert len(down) == len(ref_down)
   for a, b in zip(down, ref_down):
-    assert _rel_err(a, _nhwc(b)) < 1e-5
-  assert _rel_err(mid, _nhwc(ref_mid)) < 1e-5
+    assert rel_err(a, nhwc(b)) < 1e-5
+  assert rel_err(mid, nhwc(ref_mid)) < 1e-5
 
 
 @pytest.fixture(scope="module")
 def torch_unet():
-  return _randomize(diffusers.UNet2DConditionModel(**TINY_UNET))
+  return randomize(diffusers.UNet2DConditionModel(**TINY_UNET))
 
 
 def test_hint_encoder_controlnet_matches_diffusers(torch_unet):
-  ref_model = _randomize(
+  ref_model = randomize(
     diffusers.ControlNetModel.from_unet(torch_unet, conditioning_embedding_out_channels=(16, 32)),
     seed=1,
   )
@@ -86,10 +69,10 @@ def test_hint_encoder_controlnet_matches_diffusers(torch_unet):
   cond = rng.uniform(size=(2, 32, 32, 3)).astype(np.float32)  # hint image at 2x the latent
   with torch.no_grad():
     ref = ref_model(
-      _nchw(x),
+      nchw(x),
       torch.from_numpy(t),
       torch.from_numpy(ctx),
-      _nchw(cond),
+      nchw(cond),
       conditioning_scale=0.7,
       return_dict=False,
     )
@@ -104,7 +87,7 @@ def test_hint_encoder_controlnet_matches_diffusers(torch_unet):
 def direct():
   """DPMesh's variant (latent and heatmaps concatenated into conv_in) and its torch twin: a
   diffusers ControlNet with a widened conv_in whose hint encoder outputs exactly zero."""
-  ref_model = _randomize(
+  ref_model = randomize(
     diffusers.ControlNetModel(
       **{k: v for k, v in TINY_UNET.items() if k not in ("sample_size", "up_block_types")},
       in_channels=4 + HEATMAPS,
@@ -140,7 +123,7 @@ def test_direct_controlnet_matches_diffusers(direct):
   assert direct["config"].direct
   with torch.no_grad():
     ref = direct["ref_model"](
-      _nchw(np.concatenate([x, heat], axis=-1)),
+      nchw(np.concatenate([x, heat], axis=-1)),
       torch.from_numpy(t),
       torch.from_numpy(ctx),
       torch.zeros(2, 3, 32, 32),
@@ -186,7 +169,7 @@ def test_controlnet_params_from_unet_matches_diffusers_from_unet(torch_unet):
     torch_unet.state_dict(), diffusers_unet.unet_config_from_diffusers(TINY_UNET)
   )
   random_cn = diffusers_unet.convert_controlnet_state_dict(
-    _randomize(copy.deepcopy(ref_model), seed=9).state_dict(), config
+    randomize(copy.deepcopy(ref_model), seed=9).state_dict(), config
   )
   copied = controlnet_params_from_unet(random_cn, unet_params)
   for name in ("conv_in", "time_embedding", "down_blocks_0", "down_blocks_1", "mid_block"):

@@ -1,5 +1,7 @@
 """jhmr.models.sd_layers vs the diffusers PyTorch blocks (float32, random weights)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,22 +21,10 @@ from diffusers.models.upsampling import Upsample2D as TorchUpsample  # noqa: E40
 from jhmr.convert.common import convert_state_dict  # noqa: E402
 from jhmr.convert.diffusers_unet import torch_key_rule  # noqa: E402
 from jhmr.models import sd_layers  # noqa: E402
+from tests import torch_reference  # noqa: E402
+from tests.torch_reference import nchw, nhwc  # noqa: E402
 
-
-def _randomize(module, seed=0, scale=0.3):
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for p in module.parameters():
-      p.copy_(torch.randn(p.shape, generator=g) * scale)
-  return module.eval()
-
-
-def _nchw(x):
-  return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
-
-
-def _nhwc(t):
-  return t.detach().numpy().transpose(0, 2, 3, 1)
+randomize = functools.partial(torch_reference.randomize, scale=0.3)
 
 
 def _port(torch_module, flax_module, *inputs, **kwargs):
@@ -77,17 +67,17 @@ def test_timestep_embedding_rejects_matrix():
 )
 def test_resnet_block_matches_diffusers(c_in, c_out, temb):
   eps = 1e-5 if temb else 1e-6
-  ref_block = _randomize(
+  ref_block = randomize(
     TorchResnet(in_channels=c_in, out_channels=c_out, temb_channels=temb, groups=4, eps=eps)
   )
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2, 6, 6, c_in)).astype(np.float32)
   t = rng.standard_normal((2, temb)).astype(np.float32) if temb else None
   with torch.no_grad():
-    ref = ref_block(_nchw(x), None if t is None else torch.from_numpy(t))
+    ref = ref_block(nchw(x), None if t is None else torch.from_numpy(t))
   block = sd_layers.ResnetBlock2D(c_out, use_time_embedding=temb is not None, groups=4, eps=eps)
   ours = _port(ref_block, block, x, t)
-  _assert_close(ours, _nhwc(ref))
+  _assert_close(ours, nhwc(ref))
 
 
 def test_resnet_block_time_embedding_mismatch_raises():
@@ -104,22 +94,22 @@ def test_down_and_upsample_match_diffusers():
   rng = np.random.default_rng(1)
   x = rng.standard_normal((2, 8, 6, 8)).astype(np.float32)
   for padding in (1, 0):  # U-Net (1) and VAE encoder (0, asymmetric pad)
-    ref_down = _randomize(
+    ref_down = randomize(
       TorchDownsample(8, use_conv=True, out_channels=12, padding=padding, name="op")
     )
     with torch.no_grad():
-      ref = ref_down(_nchw(x))
-    _assert_close(_port(ref_down, sd_layers.Downsample2D(12, padding=padding), x), _nhwc(ref))
-  ref_up = _randomize(TorchUpsample(8, use_conv=True, out_channels=12))
+      ref = ref_down(nchw(x))
+    _assert_close(_port(ref_down, sd_layers.Downsample2D(12, padding=padding), x), nhwc(ref))
+  ref_up = randomize(TorchUpsample(8, use_conv=True, out_channels=12))
   with torch.no_grad():
-    ref = ref_up(_nchw(x))
-  _assert_close(_port(ref_up, sd_layers.Upsample2D(12), x), _nhwc(ref))
+    ref = ref_up(nchw(x))
+  _assert_close(_port(ref_up, sd_layers.Upsample2D(12), x), nhwc(ref))
 
 
 @pytest.mark.parametrize("linear", [False, True], ids=["conv-proj", "linear-proj"])
 def test_transformer_2d_matches_diffusers(linear):
   heads, head_dim, channels, ctx_dim = 2, 8, 16, 12
-  ref_model = _randomize(
+  ref_model = randomize(
     TorchTransformer(
       num_attention_heads=heads,
       attention_head_dim=head_dim,
@@ -135,17 +125,17 @@ def test_transformer_2d_matches_diffusers(linear):
   x = rng.standard_normal((2, 4, 6, channels)).astype(np.float32)
   ctx = rng.standard_normal((2, 5, ctx_dim)).astype(np.float32)
   with torch.no_grad():
-    ref = ref_model(_nchw(x), encoder_hidden_states=torch.from_numpy(ctx)).sample
+    ref = ref_model(nchw(x), encoder_hidden_states=torch.from_numpy(ctx)).sample
   model = sd_layers.Transformer2DModel(
     heads, head_dim, depth=2, use_linear_projection=linear, groups=4
   )
   if not linear:
-    _assert_close(_port(ref_model, model, x, ctx), _nhwc(ref))
+    _assert_close(_port(ref_model, model, x, ctx), nhwc(ref))
     return
   # With the maps requested (explicit softmax path) the output is the same, and each map is a
   # softmax over the context tokens (their values are checked against diffusers in unet_test).
   out, probs = _port(ref_model, model, x, ctx, return_probs=True)
-  _assert_close(out, _nhwc(ref))
+  _assert_close(out, nhwc(ref))
   assert len(probs) == 2 and probs[0].shape == (2, heads, 24, 5)
   np.testing.assert_allclose(np.asarray(probs[1]).sum(-1), 1.0, atol=1e-5)
 

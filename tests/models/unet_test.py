@@ -16,6 +16,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from jhmr.convert import diffusers_unet  # noqa: E402
 from jhmr.models.unet import SD2_DEPTH_UNET, SD15_UNET, UNet, UNetConfig  # noqa: E402
+from tests.torch_reference import nchw, nhwc, randomize, rel_err  # noqa: E402
 
 TINY_SD1 = dict(
   sample_size=16,
@@ -43,29 +44,6 @@ TINY_SD2_DEPTH = dict(
 )
 
 
-def _randomize(module, seed=0, scale=0.2):
-  """Random values for every parameter (zero convs too), so no weight goes unchecked."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for p in module.parameters():
-      p.copy_(torch.randn(p.shape, generator=g) * scale)
-  return module.eval()
-
-
-def _nchw(x):
-  return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
-
-
-def _nhwc(t):
-  return t.detach().numpy().transpose(0, 2, 3, 1)
-
-
-def _rel_err(ours, ref):
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  assert ours.shape == ref.shape, (ours.shape, ref.shape)
-  return float(np.abs(ours - ref).max() / np.abs(ref).max())
-
-
 def _inputs(cfg: dict, seed=0, batch=2, size=16, tokens=7):
   rng = np.random.default_rng(seed)
   x = rng.standard_normal((batch, size, size, cfg.get("in_channels", 4))).astype(np.float32)
@@ -78,7 +56,7 @@ class _Port:
   """A torch reference U-Net and its jhmr port (params converted, apply jitted)."""
 
   def __init__(self, cfg: dict, seed=0):
-    self.torch_model = _randomize(diffusers.UNet2DConditionModel(**cfg), seed)
+    self.torch_model = randomize(diffusers.UNet2DConditionModel(**cfg), seed)
     self.config = diffusers_unet.unet_config_from_diffusers(dict(self.torch_model.config))
     self.params = diffusers_unet.convert_unet_state_dict(self.torch_model.state_dict(), self.config)
     self.model = UNet(self.config)
@@ -86,11 +64,11 @@ class _Port:
   def reference(self, x, t, ctx, down=None, mid=None):
     with torch.no_grad():
       return self.torch_model(
-        _nchw(x),
+        nchw(x),
         torch.from_numpy(t),
         torch.from_numpy(ctx),
-        down_block_additional_residuals=None if down is None else [_nchw(d) for d in down],
-        mid_block_additional_residual=None if mid is None else _nchw(mid),
+        down_block_additional_residuals=None if down is None else [nchw(d) for d in down],
+        mid_block_additional_residual=None if mid is None else nchw(mid),
       ).sample
 
 
@@ -107,7 +85,7 @@ def sd1_apply(sd1):
 def test_sd1_matches_diffusers(sd1, sd1_apply):
   x, t, ctx = _inputs(TINY_SD1)
   out = sd1_apply(sd1.params, x, t, ctx)
-  assert _rel_err(out, _nhwc(sd1.reference(x, t, ctx))) < 1e-5
+  assert rel_err(out, nhwc(sd1.reference(x, t, ctx))) < 1e-5
 
 
 def test_sd2_depth_style_matches_diffusers():
@@ -115,7 +93,7 @@ def test_sd2_depth_style_matches_diffusers():
   assert port.config.in_channels == 5 and port.config.num_attention_heads == (2, 4)
   x, t, ctx = _inputs(TINY_SD2_DEPTH, seed=1)
   out = jax.jit(lambda p, *a: port.model.apply({"params": p}, *a))(port.params, x, t, ctx)
-  assert _rel_err(out, _nhwc(port.reference(x, t, ctx))) < 1e-5
+  assert rel_err(out, nhwc(port.reference(x, t, ctx))) < 1e-5
 
 
 def _torch_name(path: str) -> str:
@@ -148,7 +126,7 @@ def test_residuals_features_and_attention_maps_match_diffusers(sd1):
   def feat_hook(index):
     def hook(module, args, output):
       out = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
-      feats[index] = _nhwc(out)
+      feats[index] = nhwc(out)
 
     return hook
 
@@ -177,10 +155,10 @@ def test_residuals_features_and_attention_maps_match_diffusers(sd1):
     )
   )
   out = apply(sd1.params, x, np.float32(250.0), ctx, tuple(down), mid)
-  assert _rel_err(out.sample, _nhwc(ref)) < 1e-5
+  assert rel_err(out.sample, nhwc(ref)) < 1e-5
   assert len(out.up_features) == len(feats) == 4
   for index, feature in enumerate(out.up_features):
-    assert _rel_err(feature, feats[index]) < 1e-5
+    assert rel_err(feature, feats[index]) < 1e-5
   assert {_torch_name(k) + ".attn2" for k in out.cross_attention_probs} == set(maps)
   for key, probs in out.cross_attention_probs.items():
     ref_probs = maps[_torch_name(key) + ".attn2"]
@@ -196,7 +174,7 @@ def test_bf16_compute_stays_close(sd1):
   params = diffusers_unet.cast_params(sd1.params, jnp.bfloat16)
   out = jax.jit(lambda p, *a: model.apply({"params": p}, *a))(params, x, t, ctx)
   assert out.dtype == jnp.bfloat16
-  assert _rel_err(out.astype(jnp.float32), _nhwc(sd1.reference(x, t, ctx))) < 5e-2
+  assert rel_err(out.astype(jnp.float32), nhwc(sd1.reference(x, t, ctx))) < 5e-2
 
 
 def test_bad_inputs_raise_clear_errors(sd1):
@@ -259,9 +237,9 @@ def test_gradients_match_diffusers(sd1):
   w = np.random.default_rng(7).standard_normal(x.shape[:3] + (4,)).astype(np.float32)
   loss = lambda x, c: jnp.sum(w * sd1.model.apply({"params": sd1.params}, x, t, c))
   gx, gc = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, ctx)
-  tx = _nchw(x).requires_grad_(True)
+  tx = nchw(x).requires_grad_(True)
   tc = torch.from_numpy(ctx).requires_grad_(True)
   out = sd1.torch_model(tx, torch.from_numpy(t), tc).sample
-  (out * _nchw(w)).sum().backward()
-  assert _rel_err(gx, _nhwc(tx.grad)) < 1e-4
-  assert _rel_err(gc, tc.grad.numpy()) < 1e-4
+  (out * nchw(w)).sum().backward()
+  assert rel_err(gx, nhwc(tx.grad)) < 1e-4
+  assert rel_err(gc, tc.grad.numpy()) < 1e-4

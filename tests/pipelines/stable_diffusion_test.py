@@ -20,6 +20,8 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
+from tests.torch_reference import nchw  # noqa: E402
+
 HW = 32  # image size; tiny VAE downsamples by 2 -> 16x16 latents
 STEPS = 6  # one step count everywhere: the compiled loop is shared between tests
 PROMPTS = ["a photo of an athlete", "a dancer"]
@@ -103,15 +105,11 @@ def sd2_depth(tmp_path_factory):
   return pipe, sd, params
 
 
-def _nchw(x):
-  return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
-
-
 class _Noise:
   """Replays given arrays (NHWC) as diffusers' `randn_tensor` draws, in call order."""
 
   def __init__(self, *arrays):
-    self.arrays = [_nchw(a) for a in arrays]
+    self.arrays = [nchw(a) for a in arrays]
 
   def __call__(self, shape, generator=None, device=None, dtype=None, layout=None):
     out = self.arrays.pop(0)
@@ -128,7 +126,7 @@ def test_text_to_image_matches_diffusers(sd1):
   latents = jax.random.normal(jax.random.key(0), (2, 16, 16, 4))
   want = pipe(
     PROMPTS, height=HW, width=HW, num_inference_steps=STEPS, guidance_scale=7.5,
-    latents=_nchw(latents), output_type="np",
+    latents=nchw(latents), output_type="np",
   ).images  # fmt: skip
   got = P.text_to_image(
     sd, params, None, PROMPTS, height=HW, width=HW, num_steps=STEPS, latents=latents
@@ -164,7 +162,7 @@ def test_image_to_image_matches_diffusers(sd1, monkeypatch):
     _Noise(noise),
   )
   want = img2img(
-    PROMPTS, image=_nchw(image), strength=strength, num_inference_steps=STEPS,
+    PROMPTS, image=nchw(image), strength=strength, num_inference_steps=STEPS,
     guidance_scale=5.0, output_type="np",
   ).images  # fmt: skip
   got = P.image_to_image(
@@ -189,7 +187,7 @@ def test_depth_to_image_matches_diffusers(sd2_depth, monkeypatch):
     _Noise(noise),
   )
   want = pipe(
-    PROMPTS, image=_nchw(image), depth_map=torch.from_numpy(depth), strength=strength,
+    PROMPTS, image=nchw(image), depth_map=torch.from_numpy(depth), strength=strength,
     num_inference_steps=STEPS, guidance_scale=7.5, negative_prompt=["deformed"] * 2,
     output_type="np",
   ).images  # fmt: skip
