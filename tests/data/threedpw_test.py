@@ -101,6 +101,57 @@ def test_video_and_subsets(sources):
   assert _text(oc["sequence"]) == "office_phone_00" and _text(oc["image_file"]) == "image_00001.jpg"
 
 
+def test_official_keys_give_each_actor_its_gender_and_values(sources):
+  # courtyard_hug_00 (validation) has two actors; the file's `genders` list is ['f', 'm'].
+  data = dummy.sequence("courtyard_hug_00")
+  assert data["genders"] == ["f", "m"] and "gender" not in data
+  rows = [sources["frames"]["validation"][i] for i in range(4)]
+  assert sorted((int(r["actor"]), int(r["frame_index"])) for r in rows) == [
+    (0, 0), (0, 1), (1, 0), (1, 1)
+  ]  # fmt: skip
+  for row in rows:
+    a, t = int(row["actor"]), int(row["frame_index"])
+    assert _text(row["gender"]) == ("f", "m")[a]
+    np.testing.assert_allclose(row["body_pose"].ravel(), data["poses"][a][t, 3:], rtol=1e-6)
+    np.testing.assert_allclose(row["betas"], data["betas"][a], rtol=1e-6)
+    np.testing.assert_allclose(row["keypoints2d"], data["poses2d"][a][t].T, rtol=1e-6)
+  videos = [sources["video"]["validation"][i] for i in range(2)]
+  assert {int(v["actor"]): _text(v["gender"]) for v in videos} == {0: "f", 1: "m"}
+
+
+def test_images_are_numbered_by_frame_not_by_img_frame_ids(sources):
+  # img_frame_ids index the 60 Hz arrays (0, 2, 4, ...); image t is image_{t:05d}.jpg.
+  data = dummy.sequence("downtown_walk_00")
+  np.testing.assert_array_equal(data["img_frame_ids"], [0, 2, 4])
+  np.testing.assert_allclose(data["poses_60Hz"][0][data["img_frame_ids"]], data["poses"][0])
+  video = sources["video"]["train"][0]
+  assert [_text(f) for f in video["image_files"]] == [f"image_{t:05d}.jpg" for t in range(3)]
+  rows = [sources["frames"]["train"][i] for i in range(2)]
+  assert sorted(_text(r["image_file"]) for r in rows) == ["image_00000.jpg", "image_00002.jpg"]
+  assert sorted(int(r["frame_index"]) for r in rows) == [0, 2]  # frame 1: no camera pose
+
+
+@pytest.mark.parametrize("official,readme", [("genders", "gender"), ("poses2d", "poses2D")])
+def test_only_the_official_key_names_are_read(tmp_path, official, readme):
+  # The readme's spellings are not the files'; a file without the official key is refused
+  # with the file and the key named.
+  data = dummy.sequence("office_phone_00")
+  data[readme] = data.pop(official)
+  path = tmp_path / "office_phone_00.pkl"
+  path.write_bytes(pickle.dumps(data, protocol=2))
+  with pytest.raises(raw.RawDataError, match=f"office_phone_00.pkl: missing key '{official}'"):
+    threedpw.read_sequence(path)
+
+
+def test_unknown_gender_is_refused(tmp_path):
+  data = dummy.sequence("courtyard_hug_00")
+  data["genders"] = ["f", "male"]
+  path = tmp_path / "courtyard_hug_00.pkl"
+  path.write_bytes(pickle.dumps(data, protocol=2))
+  with pytest.raises(raw.RawDataError, match=r"courtyard_hug_00.pkl: genders\[1\] is 'male'"):
+    threedpw.read_sequence(path)
+
+
 def test_missing_manual_dir_names_what_is_missing(tmp_path):
   with pytest.raises(FileNotFoundError, match="expected sequenceFiles in the manual_dir"):
     _build("frames", tmp_path / "out", tmp_path)

@@ -3,6 +3,13 @@
 Run: `python -m jhmr.data.emdb.dummy_data_generator`. Two sequences: `P0/09_outdoor_walk` (EMDB
 1, 3 frames, frame 1 not good) and `P1/14_indoor_stairs` (not EMDB 1, 2 frames).
 `sequence(subject, name)` returns the dict written.
+
+The keys and value layouts are written out here from the `*_data.pkl` table of the EMDB README
+(independently of the builder): `gender` ("female" / "male" / "neutral"), `name`
+("{subject_id}_{sequence_id}"), `emdb1`, `emdb2`, `n_frames`, `good_frames_mask` (N,),
+`camera` {`intrinsics` (3,3), `extrinsics` (N,4,4), `width`, `height`}, `smpl` {`poses_root`
+(N,3), `poses_body` (N,69), `trans` (N,3), `betas` (10,)}, `kp2d` (N,24,2), `bboxes` {`bboxes`
+(N,4) x_min y_min x_max y_max, `invalid_idxs`}. Images are `images/{%05d}.jpg` from 0.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ def sequence(subject: str, name: str) -> dict:
   q = np.linalg.qr(rng.normal(size=(n, 3, 3)))[0]
   extrinsics[:, :3, :3] = q * np.sign(np.linalg.det(q))[:, None, None]
   return {
-    "name": name, "gender": "female", "emdb1": emdb1, "emdb2": False, "n_frames": n,
+    "name": f"{subject}_{name}", "gender": "female", "emdb1": emdb1, "emdb2": False, "n_frames": n,
     "good_frames_mask": good,
     "smpl": {"poses_root": rng.normal(0, 0.5, (n, 3)), "poses_body": rng.normal(0, 0.3, (n, 69)),
              "trans": rng.normal(size=(n, 3)), "betas": rng.normal(size=10)},
@@ -39,7 +46,7 @@ def sequence(subject: str, name: str) -> dict:
                "extrinsics": extrinsics, "width": w, "height": h},
     "kp2d": rng.uniform(0, 30, (n, 24, 2)),
     "bboxes": {"bboxes": np.concatenate([lo, lo + rng.uniform(15, 25, (n, 2))], 1),
-               "invalid_idxs": np.zeros(0, np.int64)},
+               "invalid_idxs": np.flatnonzero(~good)},
   }  # fmt: skip
 
 

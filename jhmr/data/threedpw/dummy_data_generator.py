@@ -3,6 +3,17 @@
 Run: `python -m jhmr.data.threedpw.dummy_data_generator`. Sequences (`SEQUENCES`): one per
 split, small JPEGs, and the 3DPW_oc.json / 3DPW_pc.json subset lists. `sequence(name)` returns
 the dict written for a sequence, so tests can compare decoded values.
+
+The pickles hold every field of the official sequence files, spelled as the files spell them
+(written out here, independently of the builder): the field list of the 3DPW readme
+(`sequence`, `betas`, `poses`, `trans`, `poses_60Hz`, `trans_60Hz`, `betas_clothed`,
+`v_template_clothed`, `texture_maps`, `jointPositions`, `img_frame_ids`, `cam_poses`,
+`campose_valid`, `cam_intrinsics`) with the two names the readme spells differently from the
+files: `genders` (readme: `gender`) and `poses2d` (readme: `poses2D`), as every reference loader
+(SPIN, VIBE, ProHMR, WHAM) reads them. Per-actor fields are lists with one entry per actor;
+`img_frame_ids` index the 60 Hz arrays (twice as long), while the images are numbered by frame.
+`v_template_clothed` and `texture_maps` are tiny stand-ins (the real ones are 6890x3 vertices
+and texture images), since no builder reads them.
 """
 
 from __future__ import annotations
@@ -23,6 +34,8 @@ SEQUENCES = {
   "courtyard_hug_00": ("validation", 2, 2),
   "office_phone_00": ("test", 1, 3),
 }
+# Actor genders per sequence (the order matters: actor a is genders[a]).
+GENDERS = {"downtown_walk_00": ["m"], "courtyard_hug_00": ["f", "m"], "office_phone_00": ["m"]}
 IMAGE_SIZE = (64, 48)  # H, W (portrait, like most 3DPW videos)
 
 
@@ -49,18 +62,26 @@ def sequence(name: str) -> dict:
   valid = [np.ones(frames, bool) for _ in range(actors)]
   if name == "downtown_walk_00":
     valid[0][1] = False
+  poses_60hz = [rng.normal(0, 0.3, (2 * frames, 72)) for _ in range(actors)]
+  trans_60hz = [rng.normal(size=(2 * frames, 3)) for _ in range(actors)]
+  frame_ids = 2 * np.arange(frames)  # 60 Hz -> image frames
   return {
     "sequence": name,
     "betas": [rng.normal(size=10) for _ in range(actors)],
-    "poses": [rng.normal(0, 0.3, (frames, 72)) for _ in range(actors)],
-    "trans": [rng.normal(size=(frames, 3)) for _ in range(actors)],
-    "jointPositions": [rng.normal(size=(frames, 72)) for _ in range(actors)],
+    "poses": [p[frame_ids] for p in poses_60hz],
+    "trans": [t[frame_ids] for t in trans_60hz],
+    "poses_60Hz": poses_60hz,
+    "trans_60Hz": trans_60hz,
+    "betas_clothed": [rng.normal(size=10) for _ in range(actors)],
+    "v_template_clothed": [rng.normal(size=(8, 3)) for _ in range(actors)],
+    "genders": GENDERS[name],
+    "texture_maps": [np.zeros((2, 2, 3), np.uint8) for _ in range(actors)],
     "poses2d": poses2d,
-    "campose_valid": valid,
-    "gender": ["m", "f"][:actors],
+    "jointPositions": [rng.normal(size=(frames, 72)) for _ in range(actors)],
+    "img_frame_ids": frame_ids,
     "cam_poses": cam_poses,
+    "campose_valid": valid,
     "cam_intrinsics": np.array([[60.0, 0, w / 2], [0, 60.0, h / 2], [0, 0, 1]]),
-    "img_frame_ids": np.arange(frames),
   }
 
 

@@ -10,11 +10,17 @@ person-person occlusion, from ROMP) (https://github.com/xljh0520/JOTR). manual_d
   <manual_dir>/3DPW_oc.json, 3DPW_pc.json        (only for the oc / pc configs)
 
 The sequence files are latin-1 pickles of dicts with numpy arrays; they are read with the
-restricted unpickler of `jhmr.body.io` (numpy arrays and plain containers only). Per sequence:
-`sequence` str, `betas` [A] x (10,), `poses` [A] x (N,72) (world axis-angle), `trans` [A] x
-(N,3), `jointPositions` [A] x (N,72), `poses2d` [A] x (N,3,18) (OpenPose COCO-18: x, y,
-conf), `campose_valid` [A] x (N,), `gender` [A] x 'm'/'f', `cam_poses` (N,4,4) (world ->
-camera), `cam_intrinsics` (3,3), `img_frame_ids` (N,).
+restricted unpickler of `jhmr.body.io` (numpy arrays and plain containers only). The keys read
+are the ones of the official files (A actors, N image frames; names as the files spell them,
+which in two places differ from the 3DPW readme's list: the files say `genders` and `poses2d`
+where the readme says `gender` and `poses2D`): `sequence` str, `betas` [A] x (>=10,), `poses`
+[A] x (N,72) (world axis-angle), `trans` [A] x (N,3), `jointPositions` [A] x (N,72),
+`poses2d` [A] x (N,3,18) (OpenPose COCO-18: x, y, conf), `campose_valid` [A] x (N,),
+`genders` [A] x 'm'/'f', `cam_poses` (N,4,4) (world -> camera), `cam_intrinsics` (3,3),
+`img_frame_ids` (N,) (indices into the 60 Hz arrays `poses_60Hz` / `trans_60Hz`, not image
+numbers: frame t is `image_{t:05d}.jpg`). Other keys (`poses_60Hz`, `trans_60Hz`,
+`betas_clothed`, `v_template_clothed`, `texture_maps`) are not read. A missing key raises
+`raw.RawDataError` naming the file and the key.
 
 Configs:
   frames: one example per (frame, actor) with a valid camera pose and a 2D detection, with a
@@ -78,7 +84,7 @@ class Track:
   valid: np.ndarray  # [N] bool
   cam_poses: np.ndarray  # [N, 4, 4]
   intrinsics: np.ndarray  # [3, 3]
-  frame_ids: np.ndarray  # [N] int
+  frame_ids: np.ndarray  # [N] int, indices into the 60 Hz arrays (not image numbers)
 
 
 def read_sequence(path: pathlib.Path) -> list[Track]:
@@ -104,7 +110,7 @@ def read_sequence(path: pathlib.Path) -> list[Track]:
       Track(
         sequence=sequence,
         actor=a,
-        gender=str(_actor(get("gender"), a, path, "gender")),
+        gender=_gender(_actor(get("genders"), a, path, "genders"), path, a),
         betas=at("betas", (None,))[:10],
         poses=at("poses", (n, 72)),
         trans=at("trans", (n, 3)),
@@ -123,6 +129,18 @@ def _actor(values, a: int, path, key: str):
   if not isinstance(values, list | tuple) or a >= len(values):
     raise raw.RawDataError(f"{path}: {key} must be a list with one entry per actor")
   return values[a]
+
+
+def _gender(value, path, a: int) -> str:
+  gender = str(value)
+  if gender not in ("m", "f"):
+    raise raw.RawDataError(f"{path}: genders[{a}] is {gender!r}, expected 'm' or 'f'")
+  return gender
+
+
+def _image_file(t: int) -> str:
+  """The image of frame t (the official image files are numbered by frame, from 0)."""
+  return f"image_{t:05d}.jpg"
 
 
 def _camera_orient(pose72: np.ndarray, extrinsics: np.ndarray) -> np.ndarray:
@@ -146,8 +164,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """3DPW (see the module docstring)."""
 
   name = _NAME
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.0.0": "Initial release.",
+    "1.1.0": "Reads the official `genders` key; frame t is image_{t:05d}.jpg (img_frame_ids "
+    "index the 60 Hz arrays).",
+  }
   BUILDER_CONFIGS = [
     ThreedpwConfig(name="frames", description="Per-frame examples with 256 px crops."),
     ThreedpwConfig(name="video", description="Per-sequence, per-actor tracks.", kind="video"),
@@ -216,7 +238,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             yield f"{track.sequence}/{track.actor}", _video_example(track)
             continue
           for t in range(len(track.frame_ids)):
-            image_file = f"image_{int(track.frame_ids[t]):05d}.jpg"
+            image_file = _image_file(t)
             if keep is not None and (track.sequence, None) not in keep:
               if (track.sequence, image_file) not in keep:
                 continue
@@ -261,7 +283,7 @@ def _video_example(track: Track) -> dict:
   orient_cam = np.stack([_camera_orient(track.poses[t], track.cam_poses[t]) for t in range(n)])
   return {
     "sequence": track.sequence, "actor": np.int32(track.actor), "gender": track.gender,
-    "image_files": [f"image_{int(i):05d}.jpg" for i in track.frame_ids],
+    "image_files": [_image_file(t) for t in range(n)],
     "frame_index": np.arange(n, dtype=np.int32), "valid": track.valid,
     "betas": _betas(track.betas), "global_orient": track.poses[:, :3],
     "body_pose": track.poses[:, 3:].reshape(n, 23, 3), "transl": track.trans,
