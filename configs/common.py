@@ -44,6 +44,15 @@ def trainer_config(
         weight_decay=0.0,
         clip_norm=1.0,
       ),
-      ema=dict(decay=0.995, every=10, start=100),
+      # ema_pytorch.EMA's arguments: ScoreHMR's beta and update_every, ema-pytorch's defaults for
+      # the rest. beta=0 turns the EMA off (ema_params = params).
+      ema=dict(
+        beta=0.995,
+        update_after_step=100,
+        update_every=10,
+        inv_gamma=1.0,
+        power=2 / 3,
+        min_value=0.0,
+      ),
     )
   )

@@ -67,25 +67,68 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx
 
 
-def ema_decay(step, *, decay: float, start: int, power: float = 2.0 / 3.0):
-  """ema-pytorch's decay at optimiser step `step` (1-based count of updates done).
+def ema_decay(
+  step,
+  *,
+  beta: float = 0.995,
+  update_after_step: int = 100,
+  inv_gamma: float = 1.0,
+  power: float = 2.0 / 3.0,
+  min_value: float = 0.0,
+):
+  """ema-pytorch's `EMA.get_current_decay()` for the update with index `step` (0-based).
 
-  0 (copy the online weights) until `start` steps, then min(decay, 1 - (1 + k)^-power) with
-  k = step - start - 1 (the warm-up of lucidrains/ema-pytorch, inv_gamma = 1).
+  With epoch = step - update_after_step (ema-pytorch's `EMA.step - update_after_step - 1`, its
+  counter being already incremented): 0 while epoch <= 0, else
+  clamp(1 - (1 + epoch / inv_gamma)^-power, min_value, beta). float32.
   """
-  k = jnp.maximum(step - start - 1, 0).astype(jnp.float32)
-  warm = jnp.clip(1.0 - (1.0 + k) ** (-power), 0.0, decay)
-  return jnp.where(step <= start, 0.0, warm)
+  epoch = jnp.maximum(jnp.asarray(step, jnp.float32) - update_after_step, 0.0)
+  value = jnp.clip(1.0 - (1.0 + epoch / inv_gamma) ** (-power), min_value, beta)
+  return jnp.where(epoch <= 0, 0.0, value)
 
 
-def ema_update(ema_params, params, step, *, decay: float, every: int = 1, start: int = 0):
-  """EMA of the parameters after optimiser step `step`; only every `every` steps it moves.
+def ema_update(
+  ema_params,
+  params,
+  step,
+  *,
+  beta: float = 0.995,
+  update_after_step: int = 100,
+  update_every: int = 10,
+  inv_gamma: float = 1.0,
+  power: float = 2.0 / 3.0,
+  min_value: float = 0.0,
+):
+  """One `ema_pytorch.EMA.update()` (version 0.8.3) with the online `params`; pure and jit-able.
 
-  ema <- d * ema + (1 - d) * params with d = `ema_decay(step)`; between updates ema is unchanged.
-  `decay = 0` makes the EMA a copy of the online parameters.
+  `step` is the number of earlier updates (ema-pytorch's `EMA.step` on entering `update()`); the
+  trainer calls this once per optimiser step with the step count before that optimiser step, as
+  ScoreHMR calls `ema.update()` after every `opt.step()`. The keywords are ema-pytorch's:
+    - step 0 copies the online weights (ema-pytorch's first call, `initted` False);
+    - otherwise only every `update_every`-th step (step % update_every == 0) does anything: it
+      copies while step <= update_after_step, and afterwards moves
+      ema <- ema + (1 - d) * (params - ema) with d = `ema_decay(step, ...)`;
+    - beta = 1 freezes the average after the warm-up copies (ema-pytorch's `is_frozen`).
+  One exception: beta = 0 turns the EMA off, the result is `params` at every step (ema-pytorch
+  would copy only every `update_every`-th step).
   """
-  d = ema_decay(step, decay=decay, start=start)
-  due = (step % every) == 0
-  return jax.tree.map(
-    lambda e, p: jnp.where(due, d * e + (1.0 - d) * p, e).astype(e.dtype), ema_params, params
+  if beta == 0:
+    return params
+  d = ema_decay(
+    step,
+    beta=beta,
+    update_after_step=update_after_step,
+    inv_gamma=inv_gamma,
+    power=power,
+    min_value=min_value,
   )
+  due = (step % update_every) == 0
+  copy = (step == 0) | (due & (step <= update_after_step))
+  move = due & (step > update_after_step) & (beta != 1)
+
+  def leaf(e, p):
+    p = jnp.asarray(p, e.dtype)
+    moved = e + (1.0 - d).astype(e.dtype) * (p - e)
+    return jnp.where(copy, p, jnp.where(move, moved, e))
+
+  return jax.tree.map(leaf, ema_params, params)

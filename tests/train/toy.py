@@ -22,7 +22,7 @@ def make_config(steps: int, batch_size: int = 16):
   config.train.checkpoint_every = 5
   config.train.progress = False
   config.train.tensorboard = False
-  config.ema.update(decay=0.9, every=2, start=3)
+  config.ema.update(beta=0.9, update_every=2, update_after_step=3)
   return config
 
 
