@@ -1,33 +1,37 @@
-"""Per-example augmentation for the input pipeline (numpy; `transform(example, rng) -> example`).
+"""Per-example augmentation of `PersonExample`s (numpy): `transform(example, rng) -> example`.
 
-Each factory returns a transform for `jhmr.data.pipeline.make_dataset`. Conventions: images are
-uint8 `[H, W, 3]` crops, 2D keypoints `[K, 3]` rows `(x, y, conf)` in crop pixels, SMPL poses
-axis-angle in the camera frame (x right, y down, z forward).
+Every factory returns a pure transform for the input pipeline (`jhmr.data.pipeline`), called per
+example with a generator derived from (seed, index); the same generator state gives the same
+output. Transforms keep the image and every point set of the example consistent:
 
-* `keypoint_noise`: detector-like noise on 2D keypoints (Gaussian scaled with person size,
-  outliers, dropped joints) - the numpy counterpart of `jhmr.data.observations.KeypointNoise`
-  for use inside loaders.
-* `occluders`: DPMesh-style synthetic occluders (uniform-noise rectangles, area up to 30% of the
-  person box, aspect 0.5-2).
-* `crop_jitter`: DPMesh's scale / rotation augmentation (scale `1 + clip(N, -1, 1) * 0.25`,
-  rotation `clip(N, -2, 2) * 30` deg with probability 0.6), applied to the image, the 2D
-  keypoints and (about the camera axis) the global orientation.
-* `flip`: horizontal mirror of image, keypoints (left/right swapped) and SMPL pose.
-* `color_jitter`: per-channel gain in [0.8, 1.2].
-* `joint_heatmaps` / `add_heatmaps`: Gaussian joint heatmaps, DPMesh's ControlNet condition.
+* `crop_jitter` (`warp_crop`): re-crop the crop by a similarity T (scale, rotation, shift about
+  the crop centre): `crop_from_image <- T @ crop_from_image`, the image and the occlusion mask are
+  re-warped with T (`jhmr.data.crops`, bilinear, zero padding) and every keypoint set is mapped
+  by T. The camera-frame 3D (SMPL parameters, `cam_t`, `joints_3d`) does not move;
+  `PersonExample.crop_rotation` exposes the in-plane rotation. DPMesh / SPIN numbers: scale
+  `1 + clip(N, -1, 1) * 0.25`, rotation `clip(N, -2, 2) * 30` deg with probability 0.6
+  (research/dpmesh.md section 14).
+* `flip` (`flip_example`): mirror the 3D scene (X -> -X). An involution.
+* `color_jitter`: per-channel gain U(0.8, 1.2).
+* `noise_occluder`, `patch_occluders`: synthetic occluders (DPMesh / JOTR); they set `occlusion`
+  and zero `joint_visibility` of the SMPL joints that project onto covered pixels.
+* `posefix_keypoints` (`posefix_corrupt`): PoseFix's "realistic" 2D keypoint errors on one set.
+* `chain`, `default_train_transforms`: the full training chain.
+* `joint_heatmaps`: Gaussian joint heatmaps, DPMesh's ControlNet condition.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from scipy.spatial.transform import Rotation
+from PIL import Image
 
-from jhmr.data import crops
+from jhmr.data import crops, observations
+from jhmr.data.example import PersonExample, project_to_crop
 
-Example = dict[str, Any]
+Transform = Callable[[PersonExample, np.random.Generator], PersonExample]
+
 SMPL_FLIP_PAIRS = (
   (1, 2),
   (4, 5),
@@ -41,141 +45,687 @@ SMPL_FLIP_PAIRS = (
 )
 
 
-def _person_size(kp: np.ndarray) -> float:
-  valid = kp[:, 2] > 0
-  if not valid.any():
-    return 1.0
-  pts = kp[valid, :2]
-  return float(max(np.max(pts.max(0) - pts.min(0)), 1.0))
+def permutation_from_pairs(size: int, pairs) -> np.ndarray:
+  """`[size]` int32 index array that swaps each pair `(a, b)` (the left/right flip of a set)."""
+  perm = np.arange(size, dtype=np.int32)
+  for a, b in np.asarray(pairs, np.int64).reshape(-1, 2):
+    perm[[a, b]] = perm[[b, a]]
+  return perm
 
 
-def keypoint_noise(
-  sigma: float = 0.01,
-  outlier_prob: float = 0.02,
-  outlier_sigma: float = 0.25,
-  missing_prob: float = 0.05,
-  key: str = "keypoints2d",
-):
-  """Gaussian noise (std `sigma` x person size), outliers and dropped joints on `example[key]`."""
-
-  def transform(example: Example, rng: np.random.Generator) -> Example:
-    kp = np.array(example[key], np.float32)
-    size = _person_size(kp)
-    k = len(kp)
-    outlier = rng.random(k) < outlier_prob
-    std = np.where(outlier, outlier_sigma, sigma)[:, None] * size
-    kp[:, :2] += (rng.normal(size=(k, 2)) * std).astype(np.float32)
-    kp[outlier, 2] *= 0.3
-    kp[rng.random(k) < missing_prob] = 0.0
-    return {**example, key: kp}
-
-  return transform
+SMPL_FLIP_PERMUTATION = permutation_from_pairs(24, SMPL_FLIP_PAIRS)
 
 
-def occluders(prob: float = 0.5, max_area: float = 0.3, tries: int = 5, key: str = "image"):
-  """With probability `prob`, paste a uniform-noise rectangle (area U(0, max_area) of the image,
-  aspect U(0.5, 2)) fully inside the image; gives up after `tries` draws that do not fit."""
+def chain(*transforms: Transform) -> Transform:
+  """One transform applying `transforms` in order (sharing the generator)."""
 
-  def transform(example: Example, rng: np.random.Generator) -> Example:
-    if rng.random() >= prob:
-      return example
-    image = np.array(example[key])
-    h, w = image.shape[:2]
-    for _ in range(tries):
-      area = rng.uniform(0.0, max_area) * h * w
-      aspect = rng.uniform(0.5, 2.0)
-      oh, ow = int(np.sqrt(area * aspect)), int(np.sqrt(area / aspect))
-      if 0 < oh < h and 0 < ow < w:
-        y, x = rng.integers(0, h - oh), rng.integers(0, w - ow)
-        image[y : y + oh, x : x + ow] = rng.integers(0, 256, (oh, ow, image.shape[2]))
-        return {**example, key: image}
+  def transform(example: PersonExample, rng: np.random.Generator) -> PersonExample:
+    for t in transforms:
+      example = t(example, rng)
     return example
 
   return transform
 
 
-def _rotate_orient(orient: np.ndarray, degrees: float) -> np.ndarray:
-  """Camera-frame global orientation after rotating the image by `degrees` (counter-clockwise
-  on screen) about the principal point = crop centre."""
-  spin = Rotation.from_rotvec([0.0, 0.0, -np.radians(degrees)])
-  return (spin * Rotation.from_rotvec(orient)).as_rotvec().astype(np.float32)
+# -- geometry helpers ----------------------------------------------------------------------------
+
+
+def _homogeneous(affine) -> np.ndarray:
+  """`[2, 3]` (or `[3, 3]`) affine -> `[3, 3]` float64."""
+  affine = np.asarray(affine, np.float64)
+  if affine.shape == (3, 3):
+    return affine
+  return np.concatenate([affine, [[0.0, 0.0, 1.0]]], 0)
+
+
+def _map_keypoints(kp: np.ndarray, transform: np.ndarray) -> np.ndarray:
+  """Keypoints `[K, 3]` (x, y, conf) through a `[3, 3]` affine; missing ones stay zero."""
+  kp = np.asarray(kp, np.float32)
+  xy = kp[:, :2].astype(np.float64) @ transform[:2, :2].T + transform[:2, 2]
+  xy = np.where(kp[:, 2:] > 0, xy, 0.0)
+  return np.concatenate([xy, kp[:, 2:]], 1).astype(np.float32)
+
+
+def visible_joints(example: PersonExample, occlusion: np.ndarray | None = None) -> np.ndarray:
+  """`[24]` bool: SMPL joints in front of the camera whose projection falls inside the crop and
+  not on an occluded pixel (`occlusion`, default the example's). All True without 3D labels
+  (`has_3d == 0`), since nothing is known then."""
+  if float(example.has_3d) <= 0:
+    return np.ones(len(example.joint_visibility), bool)
+  occlusion = example.occlusion if occlusion is None else occlusion
+  size = example.crop_size
+  joints = np.asarray(example.joints_3d, np.float64)
+  xy = np.nan_to_num(project_to_crop(example, joints), nan=-1.0, posinf=-1.0, neginf=-1.0)
+  inside = (joints[:, 2] > 0) & np.all((xy >= 0) & (xy < size), axis=1)
+  ix = np.clip(np.floor(xy[:, 0]), 0, size - 1).astype(int)
+  iy = np.clip(np.floor(xy[:, 1]), 0, size - 1).astype(int)
+  return inside & ~np.asarray(occlusion, bool)[iy, ix]
+
+
+def _restrict_visibility(example: PersonExample) -> PersonExample:
+  vis = np.asarray(example.joint_visibility, np.float32) * visible_joints(example)
+  return example.replace(joint_visibility=vis.astype(np.float32))
+
+
+def person_box(example: PersonExample) -> np.ndarray:
+  """`[4]` (x0, y0, x1, y1) crop pixels: the tight box of the confident keypoints of all sets,
+  else of the projected SMPL joints (`has_3d`), else the whole crop."""
+  points = [kp[kp[:, 2] > 0, :2] for kp in map(np.asarray, example.keypoints_2d.values())]
+  points = np.concatenate([np.zeros((0, 2))] + points, 0)
+  if len(points) < 2 and float(example.has_3d) > 0:
+    points = project_to_crop(example, example.joints_3d)
+  if len(points) < 2:
+    return np.array([0.0, 0.0, example.crop_size, example.crop_size])
+  return np.concatenate([points.min(0), points.max(0)]).astype(np.float64)
+
+
+# -- crop jitter ---------------------------------------------------------------------------------
+
+
+def warp_crop(example: PersonExample, center, scale: float, rotation_deg: float = 0.0):
+  """Re-crops the crop: the square of side `scale` (crop pixels) centred at `center` (crop
+  pixels), rotated by `rotation_deg` (counter-clockwise on screen), becomes the new `S x S` crop.
+
+  T = `jhmr.data.crops.crop_transform(center, scale, S, rotation_deg)` (old crop -> new crop)
+  is composed into `crop_from_image`, the image (bilinear) and the occlusion mask are re-warped
+  with `crops.crop_image` (zero padding: pixels from outside the old crop are black and not
+  occluded), every keypoint set is mapped by T (keypoints may leave the crop; their confidence is
+  kept) and `joint_visibility` loses the joints that leave the crop.
+  """
+  size = example.crop_size
+  t = _homogeneous(crops.crop_transform(center, scale, size, rotation_deg))
+  image = crops.crop_image(example.image, center, scale, size, rotation_deg)
+  occlusion = np.asarray(example.occlusion, bool)
+  if occlusion.any():
+    mask = occlusion.astype(np.uint8) * 255
+    occlusion = crops.crop_image(mask, center, scale, size, rotation_deg) >= 128
+  out = example.replace(
+    image=image,
+    occlusion=occlusion,
+    crop_from_image=(t @ _homogeneous(example.crop_from_image))[:2].astype(np.float32),
+    keypoints_2d={k: _map_keypoints(kp, t) for k, kp in example.keypoints_2d.items()},
+  )
+  return _restrict_visibility(out)
 
 
 def crop_jitter(
   scale_factor: float = 0.25,
   rotation_deg: float = 30.0,
   rotation_prob: float = 0.6,
-  image_key: str = "image",
-  keypoint_keys: Sequence[str] = ("keypoints2d",),
-  orient_key: str | None = "global_orient",
-):
-  """Re-crops the (square) image about its centre with DPMesh's random scale and rotation."""
+  translation: float = 0.0,
+) -> Transform:
+  """Random re-crop (`warp_crop`) about the crop centre.
 
-  def transform(example: Example, rng: np.random.Generator) -> Example:
-    image = example[image_key]
-    size = image.shape[0]
-    scale = 1.0 + np.clip(rng.normal(), -1.0, 1.0) * scale_factor
-    rot = np.clip(rng.normal(), -2.0, 2.0) * rotation_deg if rng.random() < rotation_prob else 0.0
-    center = np.array([size / 2, size / 2])
-    out = {**example, image_key: crops.crop_image(image, center, size * scale, size, rot)}
-    for k in keypoint_keys:
-      if k in example:
-        kp = np.array(example[k], np.float32)
-        kp[:, :2] = crops.crop_points(kp[:, :2], center, size * scale, size, rot)
-        out[k] = kp
-    if orient_key and orient_key in example and rot:
-      out[orient_key] = _rotate_orient(np.asarray(example[orient_key], np.float64), rot)
-    return out
+  Box side `S * (1 + clip(N, -1, 1) * scale_factor)` (> S zooms out), rotation
+  `clip(N, -2, 2) * rotation_deg` with probability `rotation_prob` (DPMesh / SPIN: 0.25, 30,
+  0.6), centre shift `clip(N, -1, 1) * translation * S` per axis (DPMesh has none: 0).
+  """
+
+  def transform(example: PersonExample, rng: np.random.Generator) -> PersonExample:
+    size = example.crop_size
+    zoom = 1.0 + np.clip(rng.normal(), -1.0, 1.0) * scale_factor
+    rot = np.clip(rng.normal(), -2.0, 2.0) * rotation_deg
+    rot = rot if rng.random() < rotation_prob else 0.0
+    shift = np.clip(rng.normal(size=2), -1.0, 1.0) * translation * size
+    return warp_crop(example, size / 2 + shift, size * zoom, rot)
 
   return transform
 
 
-def flip(
-  prob: float = 0.5,
-  keypoint_pairs: Sequence[tuple[int, int]] = (),
-  image_key: str = "image",
-  keypoint_key: str = "keypoints2d",
-):
-  """Mirror left-right with probability `prob`: image, keypoints (x -> W - x, `keypoint_pairs`
-  swapped) and SMPL pose (`global_orient [3]`, `body_pose [23, 3]`: left/right joints swapped,
-  y and z of each axis-angle negated)."""
+# -- flip ----------------------------------------------------------------------------------------
 
-  def transform(example: Example, rng: np.random.Generator) -> Example:
+
+def flip_permutations(body_model, joint_sets: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+  """`{joint set: [K] index array}` left/right permutations of a body model's joint sets (all
+  of `body_model.available_joint_sets` by default), from the joint names
+  (`jhmr.data.observations.left_right_pairs`)."""
+  sets = body_model.available_joint_sets if joint_sets is None else joint_sets
+  out = {}
+  for name in sets:
+    names = body_model.joint_names(name)
+    out[name] = permutation_from_pairs(len(names), observations.left_right_pairs(names))
+  return out
+
+
+def _mirror_pose(global_orient, body_pose) -> tuple[np.ndarray, np.ndarray]:
+  """Axis-angle pose of the mirrored body: left/right joints swapped, y and z negated."""
+  pose = np.concatenate([np.asarray(global_orient)[None], np.asarray(body_pose)], 0)
+  pose = pose[SMPL_FLIP_PERMUTATION] * np.array([1.0, -1.0, -1.0])
+  return pose[0].astype(np.float32), pose[1:].astype(np.float32)
+
+
+def flip_example(example: PersonExample, permutations: Mapping[str, np.ndarray]) -> PersonExample:
+  """The mirrored example: the 3D scene mirrored X -> -X (an involution).
+
+  * `crop_from_image <- F @ A @ M`, F: x -> S - x (crop), M: x -> 2 cx - x (full image about
+    the principal point of `intrinsics`), so crop pixels of mirrored points are the old ones
+    mirrored; the image and the occlusion mask are mirrored left-right.
+  * keypoint sets: x -> S - x and left/right swapped with `permutations[set name]` (missing
+    keypoints stay zero); a set without a permutation raises ValueError.
+  * SMPL: body_pose / global_orient with left/right joints swapped and the y and z axis-angle
+    components negated; `joints_3d` x negated and swapped, `joint_visibility` swapped; `cam_t` so
+    that the mirrored pelvis is the mirror of the old one: the rest pelvis
+    `joints_3d[0] - cam_t` does not move under global rotation, new `cam_t = mirror(joints_3d[0])
+    - rest pelvis`. Without 3D labels (`has_3d == 0`) the rest pelvis is taken on the symmetry
+    plane (x = 0), i.e. `cam_t` x is negated.
+  """
+  missing = sorted(set(example.keypoints_2d) - set(permutations))
+  if missing:
+    raise ValueError(
+      f"flip needs a left/right permutation for the keypoint sets {missing} (have "
+      f"{sorted(permutations)}); build them with augment.flip_permutations(body_model)"
+    )
+  size = example.crop_size
+  cx = float(np.asarray(example.intrinsics)[0, 2])
+  mirror_crop = np.array([[-1.0, 0.0, size], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+  mirror_image = np.array([[-1.0, 0.0, 2.0 * cx], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+  affine = mirror_crop @ _homogeneous(example.crop_from_image) @ mirror_image
+  keypoints = {}
+  for name, kp in example.keypoints_2d.items():
+    kp = np.asarray(kp, np.float32)[np.asarray(permutations[name])]
+    x = np.where(kp[:, 2] > 0, size - kp[:, 0], 0.0)
+    keypoints[name] = np.concatenate([x[:, None], kp[:, 1:]], 1).astype(np.float32)
+  orient, body_pose = _mirror_pose(example.global_orient, example.body_pose)
+  joints = np.asarray(example.joints_3d, np.float32)
+  cam_t = np.asarray(example.cam_t, np.float32)
+  if float(example.has_3d) > 0:
+    cam_t = cam_t - np.array([2.0 * joints[0, 0], 0.0, 0.0], np.float32)
+  else:
+    cam_t = cam_t * np.array([-1.0, 1.0, 1.0], np.float32)
+  return example.replace(
+    image=np.ascontiguousarray(np.asarray(example.image)[:, ::-1]),
+    occlusion=np.ascontiguousarray(np.asarray(example.occlusion)[:, ::-1]),
+    crop_from_image=affine[:2].astype(np.float32),
+    keypoints_2d=keypoints,
+    global_orient=orient,
+    body_pose=body_pose,
+    cam_t=cam_t.astype(np.float32),
+    joints_3d=(joints * np.array([-1.0, 1.0, 1.0], np.float32))[SMPL_FLIP_PERMUTATION],
+    joint_visibility=np.asarray(example.joint_visibility, np.float32)[SMPL_FLIP_PERMUTATION],
+  )
+
+
+def flip(permutations: Mapping[str, np.ndarray], prob: float = 0.5) -> Transform:
+  """`flip_example` with probability `prob` (DPMesh: 0.5); `permutations` from
+  `flip_permutations(body_model)`."""
+  permutations = {k: np.asarray(v) for k, v in permutations.items()}
+
+  def transform(example: PersonExample, rng: np.random.Generator) -> PersonExample:
+    return flip_example(example, permutations) if rng.random() < prob else example
+
+  return transform
+
+
+# -- colour --------------------------------------------------------------------------------------
+
+
+def color_jitter(low: float = 0.8, high: float = 1.2) -> Transform:
+  """Multiplies each colour channel of the image by U(low, high) (DPMesh: 0.8, 1.2)."""
+
+  def transform(example: PersonExample, rng: np.random.Generator) -> PersonExample:
+    image = np.asarray(example.image, np.float32) * rng.uniform(low, high, 3)
+    return example.replace(image=np.clip(np.round(image), 0, 255).astype(np.uint8))
+
+  return transform
+
+
+# -- occluders -----------------------------------------------------------------------------------
+
+
+def _occlude(example: PersonExample, image: np.ndarray, covered: np.ndarray) -> PersonExample:
+  occlusion = np.asarray(example.occlusion, bool) | covered
+  vis = np.asarray(example.joint_visibility, np.float32) * visible_joints(example, occlusion)
+  return example.replace(image=image, occlusion=occlusion, joint_visibility=vis)
+
+
+def noise_occluder(
+  prob: float = 0.5, max_area: float = 0.3, aspect=(0.5, 2.0), tries: int = 5
+) -> Transform:
+  """With probability `prob`, a rectangle of uniform noise, DPMesh's `occlusion_aug`: area
+  U(0, max_area) of the person box (`person_box`), height/width U(aspect), top-left corner
+  uniform such that it starts inside the box; a draw that leaves the crop is redrawn, at most
+  `tries` times (then nothing is pasted)."""
+
+  def transform(example: PersonExample, rng: np.random.Generator) -> PersonExample:
     if rng.random() >= prob:
       return example
-    out = dict(example)
-    width = example[image_key].shape[1] if image_key in example else None
-    if image_key in example:
-      out[image_key] = np.ascontiguousarray(example[image_key][:, ::-1])
-    if keypoint_key in example:
-      if width is None:
-        raise ValueError("flip needs the image to know its width")
-      kp = np.array(example[keypoint_key], np.float32)
-      kp[:, 0] = width - kp[:, 0]
-      kp[kp[:, 2] <= 0, :2] = 0.0
-      for a, b in keypoint_pairs:
-        kp[[a, b]] = kp[[b, a]]
-      out[keypoint_key] = kp
-    if "body_pose" in example:
-      pose = np.concatenate([np.zeros((1, 3)), np.asarray(example["body_pose"])], 0)
-      for a, b in SMPL_FLIP_PAIRS:
-        pose[[a, b]] = pose[[b, a]]
-      out["body_pose"] = (pose[1:] * [1, -1, -1]).astype(np.float32)
-    if "global_orient" in example:
-      out["global_orient"] = (np.asarray(example["global_orient"]) * [1, -1, -1]).astype(np.float32)
-    return out
+    size = example.crop_size
+    x0, y0, x1, y1 = person_box(example)
+    bw, bh = x1 - x0, y1 - y0
+    for _ in range(tries):
+      area = rng.uniform(0.0, max_area) * bw * bh
+      ratio = rng.uniform(*aspect)
+      h, w = np.sqrt(area * ratio), np.sqrt(area / ratio)
+      left = rng.random() * (bw - w - 1) + x0
+      top = rng.random() * (bh - h - 1) + y0
+      if left >= 0 and top >= 0 and left + w < size and top + h < size:
+        left, top, w, h = int(left), int(top), int(w), int(h)
+        if w == 0 or h == 0:
+          return example
+        image = np.array(example.image)
+        image[top : top + h, left : left + w] = rng.integers(0, 256, (h, w, 3))
+        covered = np.zeros((size, size), bool)
+        covered[top : top + h, left : left + w] = True
+        return _occlude(example, image, covered)
+    return example
 
   return transform
 
 
-def color_jitter(low: float = 0.8, high: float = 1.2, key: str = "image"):
-  """Multiplies each colour channel by U(low, high)."""
+def _cut_patch(source: np.ndarray, width: int, height: int, rng) -> np.ndarray:
+  """A random region of `source` with the aspect of the patch, resized to `[height, width, 3]`."""
+  sh, sw = source.shape[:2]
+  fit = min(sw, sh * width / height)
+  rw = rng.uniform(0.3, 1.0) * fit
+  rh = rw * height / width
+  x, y = rng.uniform(0, sw - rw), rng.uniform(0, sh - rh)
+  pil = Image.fromarray(source)
+  box = (x, y, x + rw, y + rh)
+  return np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR, box=box), np.float32)
 
-  def transform(example: Example, rng: np.random.Generator) -> Example:
-    image = np.asarray(example[key], np.float32) * rng.uniform(low, high, 3)
-    return {**example, key: np.clip(image, 0, 255).astype(np.uint8)}
+
+def _patch_alpha(height: int, width: int, blend: str) -> np.ndarray:
+  """`[height, width]` opacity: 1 (`hard`) or a soft ellipse (`alpha`: 1 inside 80% of the
+  radius, fading linearly to 0 at the rim)."""
+  if blend == "hard":
+    return np.ones((height, width), np.float32)
+  v = (np.arange(height, dtype=np.float32) + 0.5) / height * 2 - 1
+  u = (np.arange(width, dtype=np.float32) + 0.5) / width * 2 - 1
+  r = np.sqrt(u[None, :] ** 2 + v[:, None] ** 2)
+  return np.clip((1.0 - r) / 0.2, 0.0, 1.0)
+
+
+def patch_occluders(
+  bank: Sequence[np.ndarray],
+  prob: float = 0.5,
+  count=(1, 4),
+  size=(0.2, 0.5),
+  aspect=(0.5, 2.0),
+  blend: str = "alpha",
+) -> Transform:
+  """With probability `prob`, pastes U{count} textured patches cut from random images of `bank`
+  (uint8 `[H, W, 3]`: other crops, backgrounds, object photos), DPMesh's Pascal-VOC occluders
+  with rectangles instead of segmented objects: 1-4 patches of side U(0.2, 0.5) x the larger
+  side of the person box (`person_box`), height/width U(aspect), centred uniformly in the box.
+  `blend='alpha'` blends a soft ellipse (covered where opacity >= 0.5), `'hard'` pastes the
+  rectangle."""
+  bank = [np.asarray(b, np.uint8) for b in bank]
+  if not bank or any(b.ndim != 3 or b.shape[2] != 3 or min(b.shape[:2]) < 2 for b in bank):
+    raise ValueError("patch_occluders needs a non-empty bank of uint8 [H, W, 3] images")
+  if blend not in ("alpha", "hard"):
+    raise ValueError(f"blend must be 'alpha' or 'hard', got {blend!r}")
+
+  def transform(example: PersonExample, rng: np.random.Generator) -> PersonExample:
+    if rng.random() >= prob:
+      return example
+    s = example.crop_size
+    x0, y0, x1, y1 = person_box(example)
+    side = max(x1 - x0, y1 - y0, 1.0)
+    image = np.asarray(example.image, np.float32).copy()
+    covered = np.zeros((s, s), bool)
+    for _ in range(rng.integers(count[0], count[1] + 1)):
+      source = bank[rng.integers(len(bank))]
+      length, ratio = rng.uniform(*size) * side, rng.uniform(*aspect)
+      h = max(2, int(round(length * np.sqrt(ratio))))
+      w = max(2, int(round(length / np.sqrt(ratio))))
+      patch = _cut_patch(source, w, h, rng)
+      alpha = _patch_alpha(h, w, blend)
+      top = int(round(rng.uniform(y0, y1) - h / 2))
+      left = int(round(rng.uniform(x0, x1) - w / 2))
+      # Intersection of the patch with the crop.
+      cy0, cy1, cx0, cx1 = max(top, 0), min(top + h, s), max(left, 0), min(left + w, s)
+      if cy0 >= cy1 or cx0 >= cx1:
+        continue
+      a = alpha[cy0 - top : cy1 - top, cx0 - left : cx1 - left, None]
+      p = patch[cy0 - top : cy1 - top, cx0 - left : cx1 - left]
+      image[cy0:cy1, cx0:cx1] = a * p + (1.0 - a) * image[cy0:cy1, cx0:cx1]
+      covered[cy0:cy1, cx0:cx1] |= a[..., 0] >= 0.5
+    image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    return _occlude(example, image, covered)
 
   return transform
+
+
+# -- PoseFix keypoint errors ---------------------------------------------------------------------
+
+POSEFIX_KINDS = ("jitter", "miss", "inversion", "swap", "good")
+JITTER, MISS, INVERSION, SWAP, GOOD = range(5)
+UNTOUCHED = -1
+
+# COCO keypoint OKS sigmas per body part (pycocotools / PoseFix `kps_sigmas`).
+COCO_SIGMAS = {
+  "nose": 0.026,
+  "eye": 0.025,
+  "ear": 0.035,
+  "shoulder": 0.079,
+  "elbow": 0.072,
+  "wrist": 0.062,
+  "hip": 0.107,
+  "knee": 0.087,
+  "ankle": 0.089,
+}
+# OKS sigma of joints that are not COCO keypoints (neck, pelvis, spine, toes, heels, ...): 0.08,
+# about the mean of COCO's 12 body-joint sigmas (0.083).
+DEFAULT_SIGMA = 0.08
+# Non-COCO joints are put in the PoseFix probability group of the nearest COCO part.
+_SYNONYMS = (
+  ("head", "nose"),
+  ("neck", "shoulder"),
+  ("thorax", "shoulder"),
+  ("collar", "shoulder"),
+  ("hand", "wrist"),
+  ("pelvis", "hip"),
+  ("spine", "hip"),
+  ("toe", "ankle"),
+  ("heel", "ankle"),
+  ("foot", "ankle"),
+)
+
+
+def _strip_side(name: str) -> str:
+  for prefix in ("left_", "right_", "Left", "Right"):
+    if name.startswith(prefix):
+      return name[len(prefix) :].lower()
+  if len(name) > 1 and name[0] in "LR" and name[1].isupper():
+    return name[1:].lower()
+  for suffix in ("_l", "_r", "_L", "_R"):
+    if name.endswith(suffix):
+      return name[: -len(suffix)].lower()
+  return name.lower()
+
+
+def keypoint_parts(names: Sequence[str]) -> tuple[tuple[str, bool], ...]:
+  """Per joint name `(COCO part or 'other', is_coco)`: the part decides PoseFix's probability
+  group, `is_coco` (the name is that COCO keypoint, any side spelling) its OKS sigma."""
+  out = []
+  for name in names:
+    base = _strip_side(name)
+    part = next((p for p in COCO_SIGMAS if p in base), None)
+    if part is None:
+      part = next((p for word, p in _SYNONYMS if word in base), "other")
+    out.append((part, base == part))
+  return tuple(out)
+
+
+def keypoint_sigmas(names: Sequence[str]) -> np.ndarray:
+  """`[K]` OKS sigmas: COCO's for COCO keypoints, `DEFAULT_SIGMA` for any other joint."""
+  return np.array(
+    [COCO_SIGMAS[p] if coco else DEFAULT_SIGMA for p, coco in keypoint_parts(names)], np.float64
+  )
+
+
+def posefix_probabilities(parts, num_valid: float, num_overlap: int = 0) -> np.ndarray:
+  """`[K, 5]` PoseFix's prior probabilities of (jitter, miss, inversion, swap, good) per joint
+  (`synthesize_pose`, DPMesh `common/utils/posefix.py`), before options that cannot be drawn
+  are dropped and the rest renormalised. `parts` from `keypoint_parts`; `num_valid` is the
+  number of labelled joints counted on COCO's 17 (a set of K joints scales it by 17 / K).
+
+  jitter: nose, knees, ankles 0.15 (0.10 with more than 10 valid joints); eyes, ears, shoulders,
+    elbows, wrists 0.20 (0.15); hips and others 0.25 (0.20).
+  miss: face 0.15 / 0.10 / 0.02 for <= 5 / <= 10 / more valid joints; shoulders, ankles
+    0.20 / 0.13 / 0.05; others 0.25 / 0.15 / 0.10.
+  inversion: face 0.01, upper body (shoulders, elbows, wrists) 0.03, others 0.06.
+  swap: face 0.02, upper body 0.15, others 0.10 in a crowd (<= 10 valid joints and an overlapping
+    person, or <= 15 and at least 3); else 0.01 / 0.06 / 0.03.
+  good: the rest.
+  """
+  out = []
+  for part, _ in parts:
+    face = part in ("nose", "eye", "ear")
+    upper = part in ("shoulder", "elbow", "wrist")
+    if part in ("nose", "knee", "ankle"):
+      jitter = 0.15 if num_valid <= 10 else 0.10
+    elif part in ("eye", "ear", "shoulder", "elbow", "wrist"):
+      jitter = 0.20 if num_valid <= 10 else 0.15
+    else:
+      jitter = 0.25 if num_valid <= 10 else 0.20
+    column = 0 if num_valid <= 5 else 1 if num_valid <= 10 else 2
+    if face:
+      miss = (0.15, 0.10, 0.02)[column]
+    elif part in ("shoulder", "ankle"):
+      miss = (0.20, 0.13, 0.05)[column]
+    else:
+      miss = (0.25, 0.15, 0.10)[column]
+    inversion = 0.01 if face else 0.03 if upper else 0.06
+    crowd = (num_valid <= 10 and num_overlap > 0) or (num_valid <= 15 and num_overlap >= 3)
+    if crowd:
+      swap = 0.02 if face else 0.15 if upper else 0.10
+    else:
+      swap = 0.01 if face else 0.06 if upper else 0.03
+    out.append([jitter, miss, inversion, swap, 1.0 - jitter - miss - inversion - swap])
+  return np.array(out, np.float64)
+
+
+def oks_distance(ks: float, area: float, sigmas: np.ndarray) -> np.ndarray:
+  """`[K]` pixel distance at which a keypoint has similarity `ks` (COCO OKS, PoseFix's
+  `get_dist_wrt_ks`): sqrt(-2 area (2 sigma)^2 ln ks)."""
+  return np.sqrt(-2.0 * area * (2.0 * np.asarray(sigmas)) ** 2 * np.log(ks))
+
+
+def _ring(rng, centres: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: int):
+  """`[K, n, 2]` points at uniform angle and radius U(lo, hi) around `centres [K, (n,) 2]`."""
+  k = len(lo)
+  angle = rng.uniform(0.0, 2 * np.pi, (k, n))
+  r = rng.uniform(0.0, 1.0, (k, n)) * (hi - lo)[:, None] + lo[:, None]
+  centres = centres[:, None] if centres.ndim == 2 else centres
+  return centres + r[..., None] * np.stack([np.cos(angle), np.sin(angle)], -1), r
+
+
+def _pick(rng, points: np.ndarray, ok: np.ndarray):
+  """One uniformly chosen point `[K, 2]` among `points [K, n, 2]` where `ok`, and `[K]` found."""
+  score = np.where(ok, rng.random(ok.shape), -1.0)
+  idx = np.argmax(score, axis=1)
+  return points[np.arange(len(points)), idx], ok.any(1)
+
+
+def posefix_corrupt(
+  keypoints: np.ndarray,
+  rng: np.random.Generator,
+  parts,
+  sigmas: np.ndarray,
+  partner: np.ndarray,
+  area: float,
+  neighbour: np.ndarray | None = None,
+  samples: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+  """PoseFix's `synthesize_pose` on one person's keypoints `[K, 3]` (x, y, conf).
+
+  For each labelled joint (conf > 0) one error is drawn with `posefix_probabilities` among those
+  whose candidate set is not empty (the others' probabilities are dropped and the rest
+  renormalised); candidates are `samples` random points (radius uniform, angle uniform; PoseFix
+  draws 500, but one passing candidate is all that is used, and 64 rarely all fail) per option:
+  * jitter: ring OKS 0.85-0.5 around the joint, farther from the other reference points
+    (partner, neighbour's joints) than from the joint;
+  * miss: ring OKS 0.5-0.1 around the joint (4x the samples) or around a reference point,
+    farther than the OKS-0.5 distance from every other reference point;
+  * inversion: within OKS 0.5 of the left/right partner (`partner[j]`, -1 for none), farther
+    from the joint than from the partner;
+  * swap: within OKS 0.5 of the same joint or its partner on the `neighbour` person
+    (`[K, 3]` or None: no swap), farther from the joint and partner than from it;
+  * good: within OKS 0.85 of the joint (samples / 4 candidates).
+  Distances use `oks_distance(ks, area, sigmas)`. Confidences are kept; unlabelled joints are not
+  touched.
+
+  Returns:
+    the corrupted keypoints `[K, 3]` float32 and `[K]` int8 kinds (`JITTER`, `MISS`,
+    `INVERSION`, `SWAP`, `GOOD`, or `UNTOUCHED` for unlabelled joints).
+  """
+  kp = np.asarray(keypoints, np.float32)
+  k = len(kp)
+  valid = kp[:, 2] > 0
+  xy = kp[:, :2].astype(np.float64)
+  partner = np.asarray(partner, np.int64)
+  has_partner = (partner >= 0) & valid[np.maximum(partner, 0)]
+  d85, d50, d10 = (oks_distance(ks, area, sigmas) for ks in (0.85, 0.5, 0.1))
+  # Reference points per joint: 0 the joint, 1 its partner, 2 / 3 the neighbour's same joint /
+  # partner.
+  refs = np.zeros((k, 4, 2))
+  ref_ok = np.zeros((k, 4), bool)
+  refs[:, 0], ref_ok[:, 0] = xy, valid
+  refs[:, 1], ref_ok[:, 1] = xy[np.maximum(partner, 0)], has_partner
+  if neighbour is not None:
+    nb = np.asarray(neighbour, np.float64)
+    nb_valid = nb[:, 2] > 0
+    refs[:, 2], ref_ok[:, 2] = nb[:, :2], nb_valid
+    refs[:, 3] = nb[np.maximum(partner, 0), :2]
+    ref_ok[:, 3] = (partner >= 0) & nb_valid[np.maximum(partner, 0)]
+
+  def sq_distances(points):  # [K, n, 4] squared
+    diff = points[:, :, None] - refs[:, None]
+    return diff[..., 0] ** 2 + diff[..., 1] ** 2
+
+  def clear_of(points, radius, skip):  # farther than radius from every reference but `skip`
+    d = sq_distances(points)
+    others = ref_ok.copy()
+    others[:, skip] = False
+    return np.all((d > radius[..., None] ** 2) | ~others[:, None], axis=-1)
+
+  choices = np.zeros((k, 5, 2))
+  found = np.zeros((k, 5), bool)
+  # jitter
+  pts, r = _ring(rng, xy, d85, d50, samples)
+  choices[:, JITTER], found[:, JITTER] = _pick(rng, pts, clear_of(pts, r, 0))
+  # miss: 4 samples around the joint for every one around each other reference point.
+  weights = np.where(ref_ok, [4.0, 1.0, 1.0, 1.0], 0.0) + 1e-12
+  cum = np.cumsum(weights / weights.sum(1, keepdims=True), 1)
+  centre = np.minimum((rng.random((k, 4 * samples, 1)) > cum[:, None]).sum(-1), 3)
+  pts, _ = _ring(rng, np.take_along_axis(refs, centre[..., None], 1), d50, d10, 4 * samples)
+  d = sq_distances(pts)
+  others = ref_ok[:, None, :] & (np.arange(4)[None, None] != centre[..., None])
+  ok = np.all((d > d50[:, None, None] ** 2) | ~others, -1) & np.take_along_axis(ref_ok, centre, 1)
+  choices[:, MISS], found[:, MISS] = _pick(rng, pts, ok)
+  # inversion
+  pts, r = _ring(rng, refs[:, 1], np.zeros(k), d50, samples)
+  ok = clear_of(pts, r, 1) & has_partner[:, None]
+  choices[:, INVERSION], found[:, INVERSION] = _pick(rng, pts, ok)
+  # swap
+  if neighbour is not None:
+    pts2, r2 = _ring(rng, refs[:, 2], np.zeros(k), d50, samples)
+    pts3, r3 = _ring(rng, refs[:, 3], np.zeros(k), d50, samples)
+    pts, r = np.concatenate([pts2, pts3], 1), np.concatenate([r2, r3], 1)
+    d = sq_distances(pts)
+    near_own = (d[..., :2] <= r[..., None] ** 2) & ref_ok[:, None, :2]
+    centre_ok = np.concatenate(
+      [np.repeat(ref_ok[:, 2:3], samples, 1), np.repeat(ref_ok[:, 3:4], samples, 1)], 1
+    )
+    choices[:, SWAP], found[:, SWAP] = _pick(rng, pts, centre_ok & ~near_own.any(-1))
+  # good
+  pts, r = _ring(rng, xy, np.zeros(k), d85, max(samples // 4, 1))
+  choices[:, GOOD], found[:, GOOD] = _pick(rng, pts, clear_of(pts, r, 0))
+
+  num_valid = valid.sum() * 17.0 / max(k, 1)
+  num_overlap = 0 if neighbour is None else 1
+  prob = posefix_probabilities(parts, num_valid, num_overlap) * found
+  total = prob.sum(1)
+  draw = rng.random(k)
+  kind = np.minimum(
+    (draw[:, None] > np.cumsum(prob, 1) / np.maximum(total, 1e-12)[:, None]).sum(1), 4
+  )
+  apply = valid & (total > 0)
+  out = kp.copy()
+  out[apply, :2] = choices[np.flatnonzero(apply), kind[apply]]
+  kinds = np.where(apply, kind, UNTOUCHED).astype(np.int8)
+  return out, kinds
+
+
+def _keypoint_area(kp: np.ndarray) -> float:
+  """Area of the tight box of the labelled keypoints (PoseFix uses the person box w x h); each
+  side at least 10% of the longer one."""
+  pts = kp[kp[:, 2] > 0, :2]
+  w, h = pts.max(0) - pts.min(0)
+  longest = max(w, h, 1.0)
+  return float(max(w, 0.1 * longest) * max(h, 0.1 * longest))
+
+
+def _virtual_neighbour(kp: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """The person's keypoints shifted sideways by U(0.3, 0.6) x the box's longer side (random
+  side) and vertically by U(-0.1, 0.1) x its height: a stand-in for a nearby person."""
+  pts = kp[kp[:, 2] > 0, :2]
+  w, h = pts.max(0) - pts.min(0)
+  shift = np.array(
+    [rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 0.6) * max(w, h), rng.uniform(-0.1, 0.1) * h]
+  )
+  out = np.array(kp, np.float32)
+  out[:, :2] += shift.astype(np.float32)
+  return out
+
+
+def posefix_keypoints(
+  joint_set: str, names: Sequence[str], neighbour: bool = True, samples: int = 64
+) -> Transform:
+  """PoseFix "realistic" errors (`posefix_corrupt`) on the keypoint set `joint_set` (whose
+  joint `names` give left/right partners, COCO parts and OKS sigmas, `keypoint_parts`); other
+  sets, the image and the 3D labels are untouched. As DPMesh / JOTR do for their input joints.
+
+  The OKS radii use the area of the tight box of the labelled keypoints. PoseFix's swap error
+  needs other people near the person; a `PersonExample` holds one person, so with `neighbour`
+  a virtual one (`_virtual_neighbour`: the same keypoints shifted sideways by 0.3-0.6 x the
+  longer side of their box) stands in, counted as one overlapping person; `neighbour=False`
+  gives no swaps.
+  Examples with fewer than 2 labelled keypoints in the set are returned unchanged.
+  """
+  names = tuple(names)
+  parts = keypoint_parts(names)
+  sigmas = keypoint_sigmas(names)
+  partner = np.full(len(names), -1, np.int64)
+  for a, b in observations.left_right_pairs(names):
+    partner[a], partner[b] = b, a
+
+  def transform(example: PersonExample, rng: np.random.Generator) -> PersonExample:
+    if joint_set not in example.keypoints_2d:
+      raise ValueError(
+        f"posefix_keypoints: the example has no keypoint set {joint_set!r} (has "
+        f"{sorted(example.keypoints_2d)})"
+      )
+    kp = np.asarray(example.keypoints_2d[joint_set], np.float32)
+    if len(kp) != len(names):
+      raise ValueError(f"keypoint set {joint_set!r} has {len(kp)} joints, names {len(names)}")
+    if (kp[:, 2] > 0).sum() < 2:
+      return example
+    nb = _virtual_neighbour(kp, rng) if neighbour else None
+    out, _ = posefix_corrupt(kp, rng, parts, sigmas, partner, _keypoint_area(kp), nb, samples)
+    return example.replace(keypoints_2d={**example.keypoints_2d, joint_set: out})
+
+  return transform
+
+
+# -- the training chain --------------------------------------------------------------------------
+
+
+def default_train_transforms(
+  body_model,
+  *,
+  keypoint_set: str | None = "openpose25",
+  occluder_bank: Sequence[np.ndarray] | None = None,
+  scale_factor: float = 0.25,
+  rotation_deg: float = 30.0,
+  rotation_prob: float = 0.6,
+  translation: float = 0.0,
+  flip_prob: float = 0.5,
+  color: tuple[float, float] = (0.8, 1.2),
+  noise_occluder_prob: float = 0.5,
+  patch_occluder_prob: float = 0.5,
+) -> Transform:
+  """The training augmentation chain: `crop_jitter` -> `flip` -> `color_jitter` ->
+  `noise_occluder` -> `patch_occluders` (with an `occluder_bank`) -> `posefix_keypoints` on
+  `keypoint_set` (None: no keypoint errors). Defaults are DPMesh's (research/dpmesh.md section
+  14); the occluder probabilities are ours (DPMesh released the helpers, not their callers).
+  `body_model` gives the joint names of the flip permutations and of the keypoint set.
+  """
+  transforms = [
+    crop_jitter(scale_factor, rotation_deg, rotation_prob, translation),
+    flip(flip_permutations(body_model), flip_prob),
+    color_jitter(*color),
+    noise_occluder(noise_occluder_prob),
+  ]
+  if occluder_bank is not None:
+    transforms.append(patch_occluders(occluder_bank, patch_occluder_prob))
+  if keypoint_set is not None:
+    transforms.append(posefix_keypoints(keypoint_set, body_model.joint_names(keypoint_set)))
+  return chain(*transforms)
+
+
+# -- heatmaps ------------------------------------------------------------------------------------
 
 
 def joint_heatmaps(
@@ -183,7 +733,7 @@ def joint_heatmaps(
 ) -> np.ndarray:
   """`[size, size, K]` float32 Gaussian heatmaps (peak 1) of keypoints `[K, 3]` (x, y, conf);
   keypoints with conf 0 give empty maps. `image_size` (default `size`) is the pixel frame of
-  the keypoints; they are rescaled to the heatmap."""
+  the keypoints (the crop side of a `PersonExample`); they are rescaled to the heatmap."""
   kp = np.asarray(keypoints, np.float32)
   factor = size / (image_size or size)
   grid = np.arange(size, dtype=np.float32) + 0.5
@@ -192,16 +742,3 @@ def joint_heatmaps(
   gx, gy = np.exp(-(dx**2) / (2 * sigma**2)), np.exp(-(dy**2) / (2 * sigma**2))
   maps = gy[:, :, None] * gx[:, None, :] * (kp[:, 2] > 0)[:, None, None]
   return np.moveaxis(maps, 0, -1)
-
-
-def add_heatmaps(
-  size: int = 64, sigma: float = 2.0, key: str = "keypoints2d", out: str = "heatmaps"
-):
-  """Adds `example[out] = joint_heatmaps(example[key], size, sigma, image width)`."""
-
-  def transform(example: Example, rng: np.random.Generator) -> Example:
-    del rng
-    width = example["image"].shape[1] if "image" in example else None
-    return {**example, out: joint_heatmaps(example[key], size, sigma, width)}
-
-  return transform
