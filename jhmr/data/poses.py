@@ -1,11 +1,15 @@
-"""A procedural pose generator needing no data: joint angles drawn uniformly inside rough
-anatomical limits (pure JAX, deterministic for a key).
+"""Procedural poses needing no data (pure JAX, deterministic for a key): two sources.
 
-Each SMPL joint gets intrinsic X-Y-Z Euler angles (degrees, local rest frame: x = body left,
-y = up, z = forward) drawn uniformly from `LIMITS`; right-side joints mirror the left-side
-limits (y and z negated). The global orientation is a uniform yaw about the world up axis with
-small pitch and roll. The poses are plausible rather than natural (no inter-joint correlation);
-use CMU motion (`jhmr.data.mocap`) for natural poses.
+* `demo_mix_poses`: a random blend of two recognisable demo poses (`DEMO_POSES`: T-pose, arms
+  down, walking, squat) plus Gaussian joint noise. Structured, so a pose prior has something to
+  learn; the main job's default.
+* `procedural_pose`: joint angles drawn uniformly inside rough anatomical limits (below).
+
+`procedural_pose`: each SMPL joint gets intrinsic X-Y-Z Euler angles (degrees, local rest
+frame: x = body left, y = up, z = forward) drawn uniformly from `LIMITS`; right-side joints
+mirror the left-side limits (y and z negated). The global orientation is a uniform yaw about
+the world up axis with small pitch and roll. The poses are plausible rather than natural (no
+inter-joint correlation); use CMU motion (`jhmr.data.mocap`) for natural poses.
 """
 
 from __future__ import annotations
@@ -76,3 +80,61 @@ def procedural_pose(
     euler_xyz_to_axis_angle(jnp.stack([tilt[..., 0], jnp.zeros(batch), tilt[..., 1]], -1))
   )
   return rotations.matrix_to_axis_angle(yaw_m @ tilt_m), body_pose
+
+
+# Demo poses: SMPL joint name -> axis-angle (radians) in the body frame (Y up, facing +Z, the
+# body's left towards +X). Not model constants: just recognisable shapes for a picture.
+DEMO_POSES = {
+  "t_pose": {},
+  "arms_down": {"left_shoulder": (0.0, 0.0, -1.2), "right_shoulder": (0.0, 0.0, 1.2)},
+  "walking": {
+    "left_hip": (-0.5, 0.0, 0.0),
+    "right_hip": (0.35, 0.0, 0.0),
+    "left_knee": (0.15, 0.0, 0.0),
+    "right_knee": (0.7, 0.0, 0.0),
+    "left_shoulder": (0.35, 0.0, -1.2),
+    "right_shoulder": (-0.45, 0.0, 1.2),
+    "left_elbow": (0.0, -0.3, 0.0),
+    "right_elbow": (0.0, 0.5, 0.0),
+  },
+  "squat": {
+    "left_hip": (-1.6, 0.0, -0.2),
+    "right_hip": (-1.6, 0.0, 0.2),
+    "left_knee": (2.1, 0.0, 0.0),
+    "right_knee": (2.1, 0.0, 0.0),
+    "left_ankle": (-0.4, 0.0, 0.0),
+    "right_ankle": (-0.4, 0.0, 0.0),
+    "spine1": (0.4, 0.0, 0.0),
+    "left_shoulder": (0.0, -1.4, 0.0),  # arms stretched forward
+    "right_shoulder": (0.0, 1.4, 0.0),
+  },
+}
+
+
+def pose_parameters(names: tuple[str, ...], joint_names: tuple[str, ...], yaw: float = 0.0):
+  """Demo pose names -> (global_orient [P, 3], body_pose [P, 23, 3]) axis-angle arrays.
+
+  `yaw` (radians) turns the body about its vertical axis (0: facing the camera).
+  """
+  body_pose = np.zeros((len(names), len(joint_names) - 1, 3), np.float32)
+  for p, name in enumerate(names):
+    if name not in DEMO_POSES:
+      raise ValueError(f"unknown demo pose {name!r}; valid: {sorted(DEMO_POSES)}")
+    for joint, aa in DEMO_POSES[name].items():
+      body_pose[p, joint_names.index(joint) - 1] = aa
+  global_orient = np.tile(np.array([0.0, yaw, 0.0], np.float32), (len(names), 1))
+  return global_orient, body_pose
+
+
+def demo_mix_poses(
+  key: jax.Array, n: int, joint_names: tuple[str, ...], joint_std: float = 0.25
+) -> jnp.ndarray:
+  """`[n, 23, 3]` body poses: w * A + (1 - w) * B of two random `DEMO_POSES`, w ~ U(0, 1), plus
+  N(0, joint_std^2) radians on every axis-angle component. `joint_names`: the model's 'smpl24'."""
+  names = tuple(sorted(DEMO_POSES))
+  _, bank = pose_parameters(names, joint_names)
+  k_pick, k_mix, k_noise = jax.random.split(key, 3)
+  pick = jax.random.randint(k_pick, (n, 2), 0, len(names))
+  mix = jax.random.uniform(k_mix, (n, 1, 1))
+  pose = mix * bank[pick[:, 0]] + (1 - mix) * bank[pick[:, 1]]
+  return pose + joint_std * jax.random.normal(k_noise, pose.shape)

@@ -2,12 +2,16 @@
 
   python -m jhmr.data.preview cmu --out runs/cmu_grid.png [--root ../shared/data/cmu_mocap]
   python -m jhmr.data.preview synthetic --out runs/synthetic_grid.png [--crop 256]
+  python -m jhmr.data.preview augment --out runs/augment_grid.png [--crop 256]
+
+`augment`: min(--count, 4) synthetic people (rows), each with draws of the training
+augmentation chain (`augment_grid`).
 
 `cmu`: frames spread over a few CMU files, retargeted onto the body model
 (`jhmr.data.mocap`), rendered from a camera in front of the rest pose (facing +Z), one tile
-per frame. `synthetic`: procedural poses through `jhmr.data.synthesis.observe` (random camera,
-rendered crop on a random background), with the noisy OpenPose keypoints drawn on top
-(confidence > 0). Both take `--body-model` (default `anny`).
+per frame. `synthetic`: people of the one generator (`jhmr.data.synthesis.single_view_set`:
+demo_mix poses, crop camera, rendered crop on a random background), with the noisy OpenPose
+keypoints drawn on top (confidence > 0). Both take `--body-model` (default `anny`).
 """
 
 from __future__ import annotations
@@ -64,31 +68,71 @@ def cmu_grid(root, body_model, count: int = 12, size: int = 192, files: int = 6)
   return (_grid(tiles, 6) * 255).round().astype(np.uint8)
 
 
-def synthetic_grid(body_model, count: int = 12, crop: int = 256, seed: int = 0) -> np.ndarray:
-  """`count` synthetic crops with their noisy keypoints drawn."""
+def synthetic_grid(
+  body_model, count: int = 12, crop: int = 256, seed: int = 0, poses: str = "demo_mix"
+) -> np.ndarray:
+  """`count` people of the one generator (`jhmr.data.synthesis.single_view_set`, pose source
+  `poses`: `demo_mix` or `uniform`), 6 per row: the rendered crop, its noisy openpose25
+  detections as a skeleton (confidence > 0) and the exact smpl24 joints as small dots (white:
+  inside the crop)."""
   from jhmr import render  # noqa: PLC0415
-  from jhmr.data import poses, synthesis  # noqa: PLC0415
+  from jhmr.data import synthesis  # noqa: PLC0415
+  from jhmr.keys import KeySeq  # noqa: PLC0415
 
-  spec = synthesis.SceneSpec(crop_size=crop, num_betas=min(10, body_model.num_betas))
+  spec = synthesis.SceneSpec(crop_size=crop)
+  source = synthesis.PoseSource(poses)
+  people = synthesis.single_view_set(KeySeq(seed), count, body_model, source, spec)
+  white = np.full((24, 3), 255, np.uint8)
+  tiles = []
+  for i in range(count):
+    kp = people.keypoints_2d["openpose25"][i]
+    tile = render.draw_keypoints(people.image[i], kp[:, :2], kp[:, 2], render.OPENPOSE25_EDGES)
+    joints = people.keypoints_2d["smpl24"][i]
+    tiles.append(render.draw_keypoints(tile, joints[:, :2], joints[:, 2], radius=1.5, colors=white))
+  return _grid(np.stack(tiles), 6)
 
-  @jax.jit
-  def sample(key):
-    k_pose, k_obs = jax.random.split(key)
-    orient, body = poses.procedural_pose(k_pose, (1,))
-    return synthesis.observe(k_obs, body_model, orient, body, jnp.zeros((1, 3)), spec)
+
+def augment_grid(
+  body_model, count: int = 4, crop: int = 192, seed: int = 0, draws: int = 5
+) -> np.ndarray:
+  """`count` synthetic people (rows): the example, then `draws` draws of the full training chain
+  (`jhmr.data.augment.default_train_transforms`, patch occluders cut from the other people's
+  crops). Drawn on top: the openpose25 keypoints (PoseFix-corrupted) as a skeleton, the exact
+  smpl24 joints as small dots (white: `joint_visibility` 1, red: 0) and the `occlusion` mask
+  tinted blue."""
+  from jhmr import render  # noqa: PLC0415
+  from jhmr.data import augment, synthesis  # noqa: PLC0415
+  from jhmr.data.example import index  # noqa: PLC0415
+  from jhmr.keys import KeySeq  # noqa: PLC0415
+
+  spec = synthesis.SceneSpec(crop_size=crop)
+  people = synthesis.single_view_set(KeySeq(seed), count, body_model, synthesis.PoseSource(), spec)
+  chain = augment.default_train_transforms(
+    body_model, keypoint_set="openpose25", occluder_bank=list(people.image)
+  )
+  joint_colors = np.array([[255, 255, 255], [230, 30, 30]], np.uint8)
+
+  def draw(ex):
+    image = np.asarray(ex.image, np.float32)
+    image = np.where(ex.occlusion[..., None], 0.6 * image + [0, 40, 100], image).astype(np.uint8)
+    kp = ex.keypoints_2d["openpose25"]
+    image = render.draw_keypoints(image, kp[:, :2], kp[:, 2], render.OPENPOSE25_EDGES)
+    joints = ex.keypoints_2d["smpl24"]
+    colors = joint_colors[(ex.joint_visibility <= 0).astype(int)]
+    return render.draw_keypoints(image, joints[:, :2], None, radius=1.5, colors=colors)
 
   tiles = []
-  for key in jax.random.split(jax.random.key(seed), count):
-    out = jax.tree.map(np.asarray, sample(key))
-    kp = out["keypoints2d_crop"][0, 0]
-    edges = render.OPENPOSE25_EDGES if spec.joint_set == "openpose25" else None
-    tiles.append(render.draw_keypoints(out["image"][0, 0], kp[:, :2], kp[:, 2], edges))
-  return _grid(np.stack(tiles), 6)
+  for i in range(count):
+    ex = index(people, i)
+    tiles.append(draw(ex))
+    for d in range(draws):
+      tiles.append(draw(chain(ex, np.random.default_rng([seed, i, d]))))
+  return _grid(np.stack(tiles), draws + 1)
 
 
 def main(argv=None) -> pathlib.Path:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("what", choices=("cmu", "synthetic"))
+  parser.add_argument("what", choices=("cmu", "synthetic", "augment"))
   parser.add_argument("--out", required=True)
   parser.add_argument("--root", default=str(PROJECT_ROOT.parent / "shared" / "data" / "cmu_mocap"))
   parser.add_argument("--body-model", default="anny")
@@ -102,6 +146,8 @@ def main(argv=None) -> pathlib.Path:
   body_model = load_body_model(args.body_model)
   if args.what == "cmu":
     image = cmu_grid(args.root, body_model, args.count)
+  elif args.what == "augment":
+    image = augment_grid(body_model, min(args.count, 4), args.crop, args.seed)
   else:
     image = synthetic_grid(body_model, args.count, args.crop, args.seed)
   out = render.save_png(args.out, image)

@@ -17,55 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jhmr.body import io as body_io
+from jhmr.data.poses import pose_parameters
 from jhmr.geometry import cameras
 from jhmr.render import mesh_io, overlay, rasterizer, shading
-
-# Demo poses: SMPL joint name -> axis-angle (radians) in the body frame (Y up, facing +Z, the
-# body's left towards +X). Not model constants: just recognisable shapes for a picture.
-DEMO_POSES = {
-  "t_pose": {},
-  "arms_down": {"left_shoulder": (0.0, 0.0, -1.2), "right_shoulder": (0.0, 0.0, 1.2)},
-  "walking": {
-    "left_hip": (-0.5, 0.0, 0.0),
-    "right_hip": (0.35, 0.0, 0.0),
-    "left_knee": (0.15, 0.0, 0.0),
-    "right_knee": (0.7, 0.0, 0.0),
-    "left_shoulder": (0.35, 0.0, -1.2),
-    "right_shoulder": (-0.45, 0.0, 1.2),
-    "left_elbow": (0.0, -0.3, 0.0),
-    "right_elbow": (0.0, 0.5, 0.0),
-  },
-  "squat": {
-    "left_hip": (-1.6, 0.0, -0.2),
-    "right_hip": (-1.6, 0.0, 0.2),
-    "left_knee": (2.1, 0.0, 0.0),
-    "right_knee": (2.1, 0.0, 0.0),
-    "left_ankle": (-0.4, 0.0, 0.0),
-    "right_ankle": (-0.4, 0.0, 0.0),
-    "spine1": (0.4, 0.0, 0.0),
-    "left_shoulder": (0.0, -1.4, 0.0),  # arms stretched forward
-    "right_shoulder": (0.0, 1.4, 0.0),
-  },
-}
 
 # Body frame (Y up, facing +Z) -> camera frame (Y down, +Z forward): 180 degrees about X, so the
 # body faces the camera.
 _BODY_TO_CAMERA = np.diag([1.0, -1.0, -1.0]).astype(np.float32)
-
-
-def pose_parameters(names: tuple[str, ...], joint_names: tuple[str, ...], yaw: float = 0.0):
-  """Demo pose names -> (global_orient [P, 3], body_pose [P, 23, 3]) axis-angle arrays.
-
-  `yaw` (radians) turns the body about its vertical axis (0: facing the camera).
-  """
-  body_pose = np.zeros((len(names), len(joint_names) - 1, 3), np.float32)
-  for p, name in enumerate(names):
-    if name not in DEMO_POSES:
-      raise ValueError(f"unknown demo pose {name!r}; valid: {sorted(DEMO_POSES)}")
-    for joint, aa in DEMO_POSES[name].items():
-      body_pose[p, joint_names.index(joint) - 1] = aa
-  global_orient = np.tile(np.array([0.0, yaw, 0.0], np.float32), (len(names), 1))
-  return global_orient, body_pose
 
 
 def frame_camera(vertices, image_size: int, focal_length: float, fill: float = 0.85):

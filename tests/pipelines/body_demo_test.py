@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from jhmr.body import io as body_io
+from jhmr.data import poses
 from jhmr.pipelines import body_demo
 from jhmr.render import mesh_io
 
@@ -50,10 +51,10 @@ def test_body_demo_tiny(tmp_path, capsys):
 def test_pose_parameters_and_unknown_pose():
   names = tuple(f"j{i}" for i in range(24))
   names = ("pelvis", *names[1:16], "left_shoulder", "right_shoulder", *names[18:])
-  go, bp = body_demo.pose_parameters(("t_pose", "arms_down"), names, yaw=0.5)
+  go, bp = poses.pose_parameters(("t_pose", "arms_down"), names, yaw=0.5)
   assert go.shape == (2, 3) and bp.shape == (2, 23, 3)
   np.testing.assert_allclose(go, [[0.0, 0.5, 0.0]] * 2)
   assert not bp[0].any()
-  np.testing.assert_allclose(bp[1, 15], body_demo.DEMO_POSES["arms_down"]["left_shoulder"])
+  np.testing.assert_allclose(bp[1, 15], poses.DEMO_POSES["arms_down"]["left_shoulder"])
   with pytest.raises(ValueError, match="unknown demo pose"):
-    body_demo.pose_parameters(("moonwalk",), names)
+    poses.pose_parameters(("moonwalk",), names)

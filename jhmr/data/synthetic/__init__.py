@@ -1,1 +1,1 @@
-"""Synthetic observations with SMPL-format ground truth (TFDS builder)."""
+"""Synthetic people from `jhmr.data.synthesis` as `PersonExample`s (TFDS builder)."""
