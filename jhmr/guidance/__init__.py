@@ -10,6 +10,7 @@ from jhmr.guidance.refinement import (
   refine,
   task_config,
 )
+from jhmr.guidance.smplify import SmplifyConfig, SmplifyResult
 
 __all__ = [
   "TASK_CONFIGS",
@@ -19,6 +20,8 @@ __all__ = [
   "Observation",
   "RefineConfig",
   "RefineResult",
+  "SmplifyConfig",
+  "SmplifyResult",
   "TemporalLoss",
   "gmof",
   "net_from_params",
