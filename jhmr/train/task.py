@@ -5,11 +5,14 @@ Every method (HMR regressor, ScoreHMR score model, DPMesh heads, ...) is trained
 
   init(key, batch) -> variables               {'params': ..., <other collections>: ...}
   loss(params, state, batch, key) -> (loss, (metrics, new_state))
-  source                                      random-access examples: len() and [i] -> dict
+  source                                      random-access examples: len() and [i] -> example
+  transforms                                  per-example `transform(example, rng) -> example`
   evaluate(params, state, step) -> metrics    optional periodic evaluation hook (EMA params)
 
 `state` holds the non-trained collections (e.g. BatchNorm `batch_stats`), `{}` when there are none.
-A batch is a dict of numpy arrays with a leading batch axis, stacked from `source` examples.
+An example is a pytree of numpy arrays (a dict, a `jhmr.data.example.PersonExample`, ...); the
+trainer reads `source` through `jhmr.data.pipeline` (seeded shuffle, `transforms`, batching), so a
+batch is the transformed example's pytree with a leading batch axis on every leaf.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
+from jhmr.data.pipeline import Transform, apply_transforms
+
 PyTree = Any
-Batch = Mapping[str, np.ndarray]
+Batch = PyTree  # a transformed example with a leading batch axis on every leaf
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -31,19 +37,21 @@ class Task:
   name: str
   init: Callable[[Any, Batch], PyTree]
   loss: Callable[[PyTree, PyTree, Batch, Any], tuple[Any, tuple[dict, PyTree]]]
-  source: Sequence[Mapping[str, np.ndarray]]
+  source: Sequence[PyTree]
+  transforms: Sequence[Transform] = ()
   evaluate: Callable[[PyTree, PyTree, int], dict] | None = None
 
   def __post_init__(self):
     if len(self.source) == 0:
       raise ValueError(f"task {self.name!r}: the data source is empty")
 
-  def batch_spec(self, batch_size: int) -> dict:
-    """Shapes and dtypes of one batch, `{key: np.ndarray of zeros [batch_size, ...]}`."""
-    example = self.source[0]
-    return {
-      k: np.zeros((batch_size, *np.shape(v)), np.asarray(v).dtype) for k, v in example.items()
-    }
+  def batch_spec(self, batch_size: int) -> PyTree:
+    """A batch of zeros shaped like the pipeline's: `source[0]` after the transforms (with a
+    fixed generator), every leaf a `np.ndarray [batch_size, ...]` of the leaf's dtype."""
+    example = apply_transforms(self.source[0], self.transforms, seed=0, position=0)
+    return jax.tree.map(
+      lambda v: np.zeros((batch_size, *np.shape(v)), np.asarray(v).dtype), example
+    )
 
 
 class ArraySource:

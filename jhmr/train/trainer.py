@@ -9,7 +9,8 @@ reaches the same parameters as an uninterrupted one. SIGTERM saves a checkpoint 
 boundary and raises `Preempted` (exit code 143).
 
 Config fields used (see configs/common.py): seed, train.{steps, batch_size, log_every,
-checkpoint_every, keep_checkpoints, eval_every, progress, sync_every_step}, optimizer.*, ema.*.
+checkpoint_every, keep_checkpoints, eval_every, progress, sync_every_step}, optimizer.*,
+ema.{beta, update_after_step, update_every, inv_gamma, power, min_value} (ema_pytorch.EMA's).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jhmr.train import checkpoint, input_pipeline
+from jhmr.data import pipeline
+from jhmr.train import checkpoint
 from jhmr.train.metrics import MetricWriter
 from jhmr.train.state import TrainState, ema_update, make_optimizer, make_schedule
 from jhmr.train.task import Task
@@ -76,12 +78,16 @@ def train(config, workdir, task: Task, *, writer=None) -> TrainState:
     raise ValueError(f"batch size {tc.batch_size} not divisible by {jax.device_count()} devices")
 
   # Input.
-  batches = input_pipeline.make_iterator(
+  batches = pipeline.make_iterator(
     task.source,
     tc.batch_size,
     seed=config.seed,
+    transforms=task.transforms,
     process_index=process_index,
     process_count=process_count,
+    num_threads=tc.get("data_threads", 2),
+    prefetch=tc.get("data_prefetch", 4),
+    worker_count=tc.get("data_workers", 0),
   )
 
   # Model and optimiser, shapes first (jax.eval_shape), then initialised straight into place.
@@ -119,8 +125,16 @@ def train(config, workdir, task: Task, *, writer=None) -> TrainState:
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step = state.step + 1
-    ema_params = ema_update(
-      state.ema_params, params, step, decay=ema.decay, every=ema.every, start=ema.start
+    ema_params = ema_update(  # ema-pytorch's EMA.update() after the optimiser step
+      state.ema_params,
+      params,
+      state.step,
+      beta=ema.beta,
+      update_after_step=ema.update_after_step,
+      update_every=ema.update_every,
+      inv_gamma=ema.inv_gamma,
+      power=ema.power,
+      min_value=ema.min_value,
     )
     metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
     new = state.replace(
@@ -164,7 +178,7 @@ def train(config, workdir, task: Task, *, writer=None) -> TrainState:
   history, t_log = [], time.perf_counter()
   with manager, _SigtermFlag() as sigterm:
     for step in range(start + 1, tc.steps + 1):
-      batch = input_pipeline.to_global(next(batches), data_sharding)
+      batch = pipeline.to_global(next(batches), data_sharding)
       state, metrics = update(state, batch)
       if sync:  # CPU collectives deadlock without it (research/jax_stack.md section 4)
         jax.block_until_ready(metrics["loss"])
@@ -194,6 +208,7 @@ def train(config, workdir, task: Task, *, writer=None) -> TrainState:
         writer.flush()
         raise Preempted(step)
     manager.wait_until_finished()
+  batches.close()  # stops the reader threads / worker processes
   if progress is not None:
     progress.close()
   if own_writer:

@@ -1,7 +1,6 @@
 """The shared trainer: learning, EMA, exact resume after SIGTERM / SIGKILL, sharding, multi-host."""
 
 import importlib.util
-import json
 import os
 import pathlib
 import signal
@@ -171,24 +170,6 @@ def test_two_processes_match_single_process(reference, tmp_path):
   _assert_same(np.load(out), flat, atol=2e-5)
 
 
-def test_ema_follows_ema_pytorch_rule():
-  from jhmr.train.state import ema_update
-
-  decay, every, start = 0.9, 2, 3
-  ema, online = np.zeros(()), np.zeros(())
-  ema_jax = jax.numpy.zeros(())
-  for step in range(1, 20):
-    online = online + 1.0
-    ema_jax = ema_update(ema_jax, online, step, decay=decay, every=every, start=start)
-    if step % every == 0:  # lucidrains/ema-pytorch EMA.update, inv_gamma=1, power=2/3
-      if step <= start:
-        ema = online
-      else:
-        d = min(decay, max(0.0, 1 - (1 + step - start - 1) ** (-2 / 3)))
-        ema = d * ema + (1 - d) * online
-    np.testing.assert_allclose(float(ema_jax), ema, rtol=1e-6)
-
-
 def test_bad_configs_raise():
   from jhmr.train.state import make_optimizer
 
@@ -196,24 +177,62 @@ def test_bad_configs_raise():
   config.optimizer.name = "lion"
   with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
     make_optimizer(config)
-  from jhmr.train.input_pipeline import make_iterator
+  from jhmr.data.pipeline import make_iterator
 
   with pytest.raises(ValueError, match="batch size 15 is not divisible by 2 processes"):
     make_iterator([{"i": 0}], 15, seed=0, process_index=0, process_count=2)
 
 
-def test_process_slices_rebuild_the_global_batch():
-  from jhmr.train.input_pipeline import make_iterator
+def test_task_transforms_reach_the_batches(tmp_path):
+  """`Task.transforms` run in the trainer's pipeline and `batch_spec` sees their output."""
+  import jax.numpy as jnp
 
-  source = [{"i": np.int32(i)} for i in range(11)]
-  whole = make_iterator(source, 6, seed=1)
-  parts = [make_iterator(source, 6, seed=1, process_index=p, process_count=3) for p in range(3)]
-  for _ in range(5):
-    expect = next(whole)["i"]
-    got = np.concatenate([next(it)["i"] for it in parts])
-    np.testing.assert_array_equal(got, expect)
-  state = whole.get_state()
-  after = [next(whole)["i"] for _ in range(2)]
-  again = make_iterator(source, 6, seed=1)
-  again.set_state(json.loads(json.dumps(state)))
-  np.testing.assert_array_equal(np.stack([next(again)["i"] for _ in range(2)]), np.stack(after))
+  from jhmr.train.task import ArraySource, Task
+
+  seen = []
+
+  def add_noise(example, rng):
+    return {**example, "noise": rng.normal(size=2).astype(np.float32)}
+
+  def init(key, batch):
+    seen.append(batch)
+    return {"params": {"w": jnp.zeros(2)}}
+
+  def loss(params, state, batch, key):
+    return jnp.mean((batch["noise"] - params["w"]) ** 2), ({}, state)
+
+  source = ArraySource({"x": np.arange(12, dtype=np.float32)})
+  task = Task(name="noise", init=init, loss=loss, source=source, transforms=(add_noise,))
+  spec = task.batch_spec(4)
+  assert spec["noise"].shape == (4, 2) and spec["noise"].dtype == np.float32
+  assert spec["x"].shape == (4,)
+  config = toy.make_config(2, batch_size=4)
+  config.train.log_every = 1
+  state = trainer.train(config, tmp_path, task)
+  assert seen and set(seen[0]) == {"x", "noise"}
+  assert float(jnp.abs(state.params["w"]).max()) > 0  # learned from the transformed field
+
+
+def test_batch_spec_of_person_examples():
+  from jhmr.data.example import PersonExample
+  from jhmr.train.task import Task
+
+  def person(i):
+    f = lambda *shape: np.full(shape, i, np.float32)  # noqa: E731
+    return PersonExample(
+      image=np.zeros((8, 8, 3), np.uint8), crop_from_image=f(2, 3), intrinsics=f(3, 3),
+      image_size=f(2), keypoints_2d={"openpose25": f(25, 3)}, global_orient=f(3),
+      body_pose=f(23, 3), betas=f(10), cam_t=f(3), joints_3d=f(24, 3), joint_visibility=f(24),
+      occlusion=np.zeros((8, 8), bool), has_smpl=f(), has_3d=f(), group=np.int32(i),
+      frame=np.int32(0),
+    )  # fmt: skip
+
+  def add_heatmap(example, rng):  # a transform that changes the structure and a shape
+    return example.replace(keypoints_2d={**example.keypoints_2d, "heat": rng.random((4, 4))})
+
+  task = Task(name="p", init=None, loss=None, source=[person(0)], transforms=[add_heatmap])
+  spec = task.batch_spec(5)
+  assert isinstance(spec, PersonExample)
+  assert spec.image.shape == (5, 8, 8, 3) and spec.image.dtype == np.uint8
+  assert spec.keypoints_2d["heat"].shape == (5, 4, 4) and spec.group.shape == (5,)
+  assert spec.group.dtype == np.int32 and not spec.occlusion.any()
