@@ -30,7 +30,10 @@ from common import print_table, time_call  # noqa: E402
 
 from configs.common import trainer_config  # noqa: E402
 from jhmr.body import load_body_model  # noqa: E402
+from jhmr.data import synthesis  # noqa: E402
+from jhmr.data.example import BatchSource  # noqa: E402
 from jhmr.diffusion.schedules import make_alphas_cumprod  # noqa: E402
+from jhmr.keys import KeySeq  # noqa: E402
 from jhmr.models.hmr import HMR, feature_dim  # noqa: E402
 from jhmr.models.score_net import ScoreNet  # noqa: E402
 from jhmr.train import trainer  # noqa: E402
@@ -61,20 +64,9 @@ def hmr_task(full: bool, n: int):
     num_betas=body.num_betas,
     hidden=1024 if full else 256,
   )
-  size = 224 if full else 64
-  rng = np.random.default_rng(0)
-  rot = np.broadcast_to(np.eye(3, dtype=np.float32), (n, 24, 3, 3))
-  k = len(body.joint_names("openpose25"))
-  source = ArraySource(
-    {
-      "image": rng.normal(size=(n, size, size, 3)).astype(np.float32),
-      "rotmat": rot.copy(),
-      "betas": np.zeros((n, body.num_betas), np.float32),
-      "joints3d": rng.normal(size=(n, 24, 3)).astype(np.float32) * 0.3,
-      "keypoints2d": rng.uniform(-1, 1, (n, k, 2)).astype(np.float32),
-      "keypoint_conf": np.ones((n, k), np.float32),
-    }
-  )
+  spec = synthesis.SceneSpec(crop_size=224 if full else 64)
+  people = synthesis.single_view_set(KeySeq(0), n, body, synthesis.PoseSource(), spec)
+  source = BatchSource(people)
   assert feature_dim(model.depth, model.width) > 0
   return make_hmr_task(model, body, source), 64
 

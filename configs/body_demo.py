@@ -20,7 +20,7 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = common.parse_arg(arg, variants=("tiny",))
   config = ml_collections.ConfigDict()
-  config.task = "body_demo"
+  config.program = "body_demo"
   config.body_model = None  # None: the free Anny-derived default; 'anny-tiny'; or a path
   config.poses = ("t_pose", "arms_down", "walking", "squat")
   config.yaw_degrees = 30.0  # turn the body a little for a three-quarter view

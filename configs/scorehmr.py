@@ -36,46 +36,70 @@ import ml_collections
 
 from configs import common
 
-VARIANTS = ("tiny", "cmu", "3dpw", "emdb", "h36m")
+VARIANTS = ("tiny", "cmu", "cmu_prior", "cmu_prior_tiny", "3dpw", "emdb", "h36m")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = common.parse_arg(arg, variants=VARIANTS)
   config = ml_collections.ConfigDict()
-  config.task = "scorehmr"
+  config.program = "scorehmr"
+  config.stage = "all"  # all | train | evaluate (jhmr.pipelines.scorehmr.STAGES)
   config.seed = 0
   config.body_model = "anny-tiny"  # None: the 13k-vertex default; or a path to a .npz / .pkl
+  config.estimate = "regressor"  # regressor | corrupted (jhmr.pipelines.scorehmr docstring)
 
   config.data = dict(
-    source="procedural",  # procedural | cmu | threedpw | emdb | h36m
+    source="demo_mix",  # demo_mix | uniform | cmu | threedpw | emdb | h36m
     cmu_root="../shared/data/cmu_mocap",
     cmu_subjects=20,  # subject folders read per split (reading BVH files is slow)
+    cmu_fps=30.0,
     data_dir="~/tensorflow_datasets",  # threedpw | emdb | h36m: TFDS data dir of the builders
     manual_dir="",  # their raw official files ('' = <data_dir>/downloads/manual)
     image_size=64,
     focal_length=5000.0,
-    num_train=4096,
+    num_train=4096,  # synthetic sources only; real ones train on the whole training split
     num_test=256,
     num_multiview=32,
     num_views=4,
     num_sequences=8,
     sequence_length=32,
+    num_prior=0,  # `corrupted` estimates: camera-frame poses the prior trains on
+    # Real sources: optional caps on the examples read per split (0 = the whole split); a cap
+    # in use is printed.
+    max_train=0,
+    max_test=0,
+  )
+  # Training augmentations of the regressor (jhmr.data.augment.default_train_transforms): mild
+  # crop jitter, flips and colour; no occluders (the test crops have none) and no keypoint
+  # corruption (the regressor's keypoints are targets, not inputs).
+  config.augment = dict(
+    keypoint_set=None,
+    scale_factor=0.1,
+    rotation_deg=10.0,
+    rotation_prob=0.3,
+    flip_prob=0.5,
+    color=(0.8, 1.2),
+    noise_occluder_prob=0.0,
   )
 
   config.regressor = dict(depth=18, width=16, hidden=256, dropout=0.1)
-  config.regressor.trainer = common.trainer_config(steps=2000, batch_size=64, learning_rate=1e-3)
+  config.regressor.trainer = common.trainer_config(steps=1500, batch_size=64, learning_rate=1e-3)
   config.regressor.trainer.optimizer.schedule = "cosine"
   config.regressor.trainer.optimizer.warmup_steps = 100
-  config.regressor.trainer.ema.decay = 0.0  # the regressor is used without EMA
+  config.regressor.trainer.ema.beta = 0.0  # the regressor is used without EMA
 
-  config.score = dict(conditional=True, hidden=512, num_blocks=3)
-  config.score.trainer = common.trainer_config(steps=4000, batch_size=128, learning_rate=3e-4)
+  config.score = dict(hidden=512, num_blocks=3)
+  config.score.trainer = common.trainer_config(steps=12000, batch_size=128, learning_rate=3e-4)
   config.score.trainer.optimizer.update(b2=0.99, clip_norm=1.0)  # ScoreHMR: Adam (0.9, 0.99)
 
-  # Overrides of the official per-task refinement settings (jhmr.guidance.refinement).
-  config.refine = dict(keypoints=dict(), multiview=dict(), video=dict())
-  # The optimisation baseline (jhmr.guidance.smplify.SmplifyConfig fields).
+  # Overrides of the official per-task refinement settings (jhmr.guidance.refinement), plus the
+  # guidance weights keypoint_weight / multiview_weight / temporal_weight. Multi-view: the
+  # official code guides with multi-view consistency alone; here ScoreHMR also gets the views'
+  # keypoints, the same evidence as the multi-view baseline.
+  config.refine = dict(keypoints=dict(), multiview=dict(keypoint_weight=0.003), video=dict())
+  # The optimisation baselines (jhmr.guidance.smplify.SmplifyConfig fields).
   config.baseline = dict(num_steps=250)
+  config.eval_batch = 256  # examples refined at once (whole groups)
 
   if variant == "tiny":
     config.data.update(
@@ -88,10 +112,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       section.trainer.train.update(steps=4, batch_size=8, log_every=2, checkpoint_every=2)
       section.trainer.train.progress = False
     config.regressor.trainer.optimizer.warmup_steps = 0
-    config.refine.keypoints = dict(num_iters=1, t_start=4, step_size=2)
-    config.refine.multiview = dict(num_iters=1, t_start=4, step_size=2)
-    config.refine.video = dict(num_iters=1, t_start=4, step_size=2)
+    for task in ("keypoints", "multiview", "video"):
+      config.refine[task].update(num_iters=1, t_start=4, step_size=2)
     config.baseline.num_steps = 5
+  elif variant in ("cmu_prior", "cmu_prior_tiny"):
+    # The ScoreHMR benchmark on real motion: an unconditional prior trained on CMU poses of the
+    # training subjects (seen from random views), refining ground truth corrupted like a
+    # regressor on held-out subjects.
+    config.estimate = "corrupted"
+    config.data.update(source="cmu", num_prior=200_000, cmu_fps=30.0)
+    config.score.trainer.train.steps = 12_000
+    if variant == "cmu_prior_tiny":
+      config.data.update(
+        cmu_subjects=2, image_size=32, num_prior=256, num_test=8, num_multiview=2, num_views=2,
+        num_sequences=1, sequence_length=6,
+      )  # fmt: skip
+      config.score.update(hidden=16, num_blocks=1)
+      config.score.trainer.train.update(steps=4, batch_size=8, log_every=2, checkpoint_every=2)
+      config.score.trainer.train.progress = False
+      for task in ("keypoints", "multiview", "video"):
+        config.refine[task].update(num_iters=1, t_start=4, step_size=2)
+      config.baseline.num_steps = 5
   elif variant == "cmu":
     config.body_model = None
     config.data.update(source="cmu", image_size=128)
@@ -102,6 +143,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.regressor.trainer = common.trainer_config(
       steps=100_000, batch_size=64, learning_rate=5e-5
     )
+    config.regressor.trainer.ema.beta = 0.0
     config.score.update(hidden=1024, num_blocks=3)
     config.score.trainer = common.trainer_config(
       steps=1_000_000, batch_size=128, learning_rate=1e-4

@@ -1,7 +1,8 @@
 """Command line: `python -m jhmr.launch --config configs/<name>.py[:variant] --workdir DIR`.
 
-Any config field can be overridden (`--config.train.steps=100`). `config.task` picks the program
-from `TASKS`; every program is an importable `fn(config, workdir)` that notebooks call directly.
+Any config field can be overridden (`--config.train.steps=100`). `config.program` picks the program
+from `PROGRAMS` and `config.stage` (default `all`) one of its stages (`jhmr.pipelines.stages`);
+every stage is an importable `fn(config, workdir)` that notebooks call directly.
 This is the only module that touches environment variables or `jax.config`. Multi-host: pass
 `--jax_distributed` (auto-detected on SLURM / TPU pods, or give the coordinator flags).
 """
@@ -23,52 +24,21 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (el
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _scorehmr(config, workdir):
+def _scorehmr():
   from jhmr.pipelines import scorehmr
 
-  return scorehmr.run(config, workdir)
+  return scorehmr.STAGES
 
 
-def _train(config, workdir):
-  from jhmr.pipelines import scorehmr
-
-  return scorehmr.train_models(config, workdir)
-
-
-def _evaluate(config, workdir):
-  from jhmr.pipelines import scorehmr
-
-  return scorehmr.evaluate(config, workdir)
-
-
-def _refine(config, workdir):
-  """ScoreHMR refinement + evaluation with the models already trained in `workdir`."""
-  import pathlib
-
-  from jhmr.pipelines import scorehmr
-
-  missing = [d for d in ("regressor", "score_model") if not (pathlib.Path(workdir) / d).is_dir()]
-  if missing:
-    raise FileNotFoundError(
-      f"task refine needs trained models in {workdir}; missing {', '.join(missing)} "
-      "(train them first with --config.task=train or the default task)"
-    )
-  return scorehmr.evaluate(config, workdir)
-
-
-def _body_demo(config, workdir):
+def _body_demo():
   from jhmr.pipelines import body_demo
+  from jhmr.pipelines.stages import Stage
 
-  return body_demo.run(config, workdir)
+  return {"all": Stage(body_demo.run)}
 
 
-TASKS = {
-  "scorehmr": _scorehmr,
-  "train": _train,
-  "evaluate": _evaluate,
-  "refine": _refine,
-  "body_demo": _body_demo,
-}
+# config.program -> its stages (imported on use: a program's heavy imports stay out of the others).
+PROGRAMS = {"scorehmr": _scorehmr, "body_demo": _body_demo}
 
 
 def main(argv):
@@ -84,9 +54,16 @@ def main(argv):
     "process %d of %d, %d devices", jax.process_index(), jax.process_count(), jax.device_count()
   )
   config = _CONFIG.value
-  if config.task not in TASKS:
-    raise app.UsageError(f"unknown config.task {config.task!r}; valid: {sorted(TASKS)}")
-  TASKS[config.task](config, _WORKDIR.value)
+  if config.program not in PROGRAMS:
+    raise app.UsageError(f"unknown config.program {config.program!r}; valid: {sorted(PROGRAMS)}")
+  from jhmr.pipelines.stages import run_stage
+
+  stages = PROGRAMS[config.program]()
+  if config.get("stage", "all") not in stages:
+    raise app.UsageError(
+      f"program {config.program!r} has no stage {config.stage!r}; valid: {sorted(stages)}"
+    )
+  run_stage(config.program, stages, config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -33,18 +33,19 @@ def test_config_documents_its_command(path):
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_tiny_variant_runs_end_to_end(path, tmp_path):
   from jhmr import launch
+  from jhmr.pipelines.stages import run_stage
 
   config = _load(path).get_config("tiny")
-  assert config.task in launch.TASKS, f"{path.name}: config.task {config.task!r} not dispatched"
-  launch.TASKS[config.task](config, str(tmp_path))
+  assert config.program in launch.PROGRAMS, f"{path.name}: program {config.program!r} unknown"
+  run_stage(config.program, launch.PROGRAMS[config.program](), config, str(tmp_path))
   assert any(tmp_path.iterdir()), "the run wrote nothing"
   if path.stem == "scorehmr":
     with open(tmp_path / "results.csv") as f:
       rows = list(csv.DictReader(f))
     methods = {(r["task"], r["method"]) for r in rows}
     assert ("keypoint fitting", "ScoreHMR") in methods
-    assert ("keypoint fitting", "optimisation baseline") in methods
-    assert {("multi-view", "ScoreHMR"), ("video", "ScoreHMR")} <= methods
+    for task in ("keypoint fitting", "multi-view (2 views)", "video"):
+      assert {(task, m) for m in ("regressor", "optimisation baseline", "ScoreHMR")} <= methods
     assert all(float(r["MPJPE (mm)"]) > 0 for r in rows)
     for name in ("results.md", "error_per_iteration.png", "per_joint_error.png", "overlay.png"):
       assert (tmp_path / name).stat().st_size > 0
@@ -52,21 +53,47 @@ def test_tiny_variant_runs_end_to_end(path, tmp_path):
     assert (tmp_path / "regressor" / "checkpoints").is_dir()
 
 
-def test_launch_parses_overrides_and_rejects_unknown_tasks(tmp_path):
+def test_cmu_prior_tiny_runs_on_real_motion(tmp_path):
+  """The benchmark config: an unconditional prior on CMU poses refining corrupted truth."""
+  from jhmr.pipelines import scorehmr
+
+  config = _load(ROOT / "configs" / "scorehmr.py").get_config("cmu_prior_tiny")
+  config.data.cmu_root = str(ROOT.parent / "shared" / "data" / "cmu_mocap")
+  if not pathlib.Path(config.data.cmu_root).is_dir():
+    pytest.skip("../shared/data/cmu_mocap is not here")
+  rows = scorehmr.run(config, str(tmp_path))["rows"]
+  assert {r["method"] for r in rows} == {"initial estimate", "optimisation baseline", "ScoreHMR"}
+  assert not (tmp_path / "regressor").exists()
+
+
+def test_evaluate_stage_refuses_missing_models(tmp_path):
+  from jhmr import launch
+  from jhmr.pipelines.stages import run_stage
+
+  config = _load(ROOT / "configs" / "scorehmr.py").get_config("tiny")
+  config.stage = "evaluate"
+  with pytest.raises(FileNotFoundError, match="score_model/checkpoints, regressor/checkpoints"):
+    run_stage("scorehmr", launch.PROGRAMS["scorehmr"](), config, str(tmp_path))
+  config.stage = "nope"
+  with pytest.raises(ValueError, match="no stage 'nope'"):
+    run_stage("scorehmr", launch.PROGRAMS["scorehmr"](), config, str(tmp_path))
+
+
+def test_launch_parses_overrides_and_rejects_unknown_programs(tmp_path):
   cmd = [
     sys.executable,
     "-m",
     "jhmr.launch",
     "--config",
     "configs/scorehmr.py:tiny",
-    "--config.task=nope",
+    "--config.program=nope",
     "--config.score.trainer.train.steps=7",
     f"--workdir={tmp_path}",
   ]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
-  assert "unknown config.task 'nope'" in proc.stderr
+  assert "unknown config.program 'nope'" in proc.stderr
   bad = subprocess.run(
     cmd[:4] + ["configs/scorehmr.py:nope", f"--workdir={tmp_path}"],
     cwd=ROOT,

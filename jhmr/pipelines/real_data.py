@@ -1,57 +1,68 @@
-"""Real benchmark data (3DPW, EMDB, Human3.6M) as the set dicts of the ScoreHMR main job.
+"""Real benchmark data (3DPW, EMDB, Human3.6M) as the ScoreHMR program's sets, read lazily.
 
-`load_sets(config, body_model)` builds (or reuses) the TFDS builder named by `config.data.source`
+`load_sets(config, body_model, keys)` builds (or reuses) the TFDS builders of `config.data.source`
 in `config.data.data_dir` from the raw files in `config.data.manual_dir` ('' = TFDS's default
-`<data_dir>/downloads/manual`) and returns the same sets as the synthetic path of
-`jhmr.pipelines.scorehmr.build_data` (see `jhmr.pipelines.people`): per example
-image [n, S, S, 3] uint8 (the builder's crop resized to `data.image_size`), rotmat [n, 24, 3, 3]
-(GT SMPL pose, the root in the camera frame), betas [n, NB] (the dataset's 10 betas padded /
-cut to the body model's), joints3d [n, 24, 3] (root-centred joints of that body), cam [n, 3]
-(s, tx, ty) and cam_t [n, 3] (the pipeline's camera: focal `data.focal_length`, centre S / 2),
-keypoints3d [n, 25, 3], keypoints_2d [n, 25, 2] crop px and confidence [n, 25] (BODY_25).
+`<data_dir>/downloads/manual`) and returns a `jhmr.pipelines.scorehmr.ScoreHMRSets` whose sets are
+`jhmr.data.sources.MappedSource`s over the builders' TFDS data sources: an example is read and
+converted (`jhmr.data.sources.*_example`: crop resized to `data.image_size`, the dataset's camera,
+2D keypoints in BODY_25 slots, SMPL ground truth placed in the camera frame) when it is asked for;
+no split is copied into memory. What is read eagerly is an index pass over cheap fields (names,
+frame numbers, `has_smpl`) of the splits that need one, with images left undecoded (a TFDS data
+source cannot read one feature alone: each record is still read and parsed; measured here on
+256 px crops about 0.4 ms a row, against about 3 ms with the image decoded), and for `corrupted`
+estimates the training poses.
 
-The camera: a weak-perspective (s, tx, ty) least-squares fit of the GT body's keypoints to the
-dataset's own 2D keypoints in the crop (3DPW OpenPose COCO-18, EMDB projected SMPL joints, H36M
-SPIN-24), converted with `weak_perspective_to_translation`; an approximation of the real
-perspective camera. 2D keypoints: H36M's OpenPose BODY_25 detections where the npz has them;
-otherwise (3DPW, EMDB, and H36M without them) the GT body's openpose25 keypoints projected with
-that camera plus `jhmr.data.observations` detector-like noise (`people.detect`).
+Sets per dataset (whole splits; the official test splits of ScoreHMR's evaluation):
+  threedpw  train: frames/train; keypoints: frames/test; video: frames/test (index pass:
+            sequence, actor, frame_index); no multi-view set.
+  emdb      only a test split exists: train on the sequences outside EMDB 1 (emdb/all, index
+            pass: sequence; emdb/emdb1 for EMDB 1's sequence names); keypoints: emdb/emdb1;
+            video: emdb/emdb1 (index pass: sequence, frame_index; EMDB's frames are its good
+            frames, so a window never spans a bad frame); no multi-view set.
+  h36m      train: frames/train entries with SMPL fits; keypoints: frames/test_p1 entries with
+            SMPL fits (the program's errors need SMPL ground truth; index pass: has_smpl);
+            multiview: the protocol-1 frames grouped as the `h36m/multiview` builder groups them
+            (one group per subject, action and frame seen by all four cameras, views sorted by
+            camera; index pass: subject, action, frame, camera, has_smpl) with SMPL fits in every
+            view, read from frames/test_p1 (no second copy of the crops); no video set.
+Video: every window of `data.sequence_length` consecutive frames of one sequence (and actor), in
+frame order, one group per window (`jhmr.data.sources.video_windows`); None when no sequence is
+that long. Keypoints: each example its own group. Sets a dataset lacks are None.
 
-Sets per dataset (train on the dataset's train split, evaluate on its test split):
-  threedpw  train: frames/train; keypoints: frames/test; video: frames/test runs of consecutive
-            frames of one actor (no multi-view set).
-  emdb      only a test split exists: train on the sequences outside EMDB 1 (config `all`),
-            keypoints: EMDB 1 frames (config `emdb1`); video: their consecutive good frames.
-  h36m      train: frames/train; keypoints: frames/test_p1; multiview: multiview/test_p1 (four
-            cameras per frame; no video set). Entries without SMPL fits are dropped.
-Sets with no example are left out (e.g. video when no run of >= 3 consecutive frames exists).
-The number of examples is capped by data.num_train / num_test / num_multiview / num_sequences.
+Caps (explicit overrides only): `data.max_train` keeps the first max_train training examples,
+`data.max_test` the first max_test keypoint examples and as many whole multi-view groups / video
+windows as fit in max_test (at least one); 0 = the whole split. A cap in use is logged
+(absl warning) and printed.
+
+Cameras: 3DPW and EMDB their own intrinsics and extrinsics (the body placed with the dataset's
+translation); H36M has neither: the crop camera of focal `data.focal_length` at crop size
+`data.image_size` and the body placed by a weak-perspective fit of its BODY_25 keypoints to the
+row's 2D keypoints (`jhmr.data.sources` docstring).
+
+Randomness: none (every set is the data as it is); `keys` is accepted for the program's signature
+and no key is drawn from it.
 """
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
+from absl import logging
 
-from jhmr.data import builders, crops
-from jhmr.geometry import cameras, rotations
-from jhmr.pipelines import people
+from jhmr.data import builders, sources
+from jhmr.keys import KeySeq
+from jhmr.pipelines.scorehmr import ScoreHMRSets
 
-# Dataset 2D keypoint index -> (joint set of the body model, index in it).
-_COCO18_TO_BODY25 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
-_SPIN24_TO_BODY25 = {
-  0: 11, 1: 10, 2: 9, 3: 12, 4: 13, 5: 14, 6: 4, 7: 3, 8: 2, 9: 5, 10: 6, 11: 7,
-  19: 0, 20: 16, 21: 15, 22: 18, 23: 17,
-}  # fmt: skip
-MIN_VIDEO_LENGTH = 3
+INDEX_CHUNK = 1024  # rows parsed per `__getitems__` call of an index pass
 
 
-def _builder(config, name: str):
+def prepare_builder(config, name: str):
+  """The `array_record` builder `name` (e.g. 'threedpw/frames') in `data.data_dir`, prepared
+  from `data.manual_dir` if it is not yet; FileNotFoundError naming both directories when it is
+  neither prepared nor preparable."""
   d = config.data
   data_dir = pathlib.Path(d.data_dir).expanduser()
   manual_dir = pathlib.Path(d.manual_dir).expanduser() if d.manual_dir else None
@@ -69,204 +80,180 @@ def _builder(config, name: str):
   return builder
 
 
-def _rows(config, name: str, split: str, keep=None, limit=None) -> list[dict]:
-  source = _builder(config, name).as_data_source()[split]
-  rows = []
-  for i in range(len(source)):
-    row = source[i]
-    if keep is None or keep(row):
-      rows.append(row)
-    if limit is not None and len(rows) >= limit:
-      break
-  return rows
+def read_fields(builder, split: str, fields) -> dict[str, np.ndarray]:
+  """{field: [N] array} of scalar `fields` of every row of a split, images left undecoded (one
+  parse of each record; text fields as str)."""
+  source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+  values = {f: [] for f in fields}
+  for start in range(0, len(source), INDEX_CHUNK):
+    for row in _rows(source, range(start, min(start + INDEX_CHUNK, len(source)))):
+      for f in fields:
+        v = row[f]
+        values[f].append(v.decode() if isinstance(v, bytes) else v)
+  return {f: np.asarray(v) for f, v in values.items()}
 
 
-def _text(value) -> str:
-  return value.decode() if isinstance(value, bytes) else str(value)
+def _rows(source, indices) -> list:
+  """Rows `indices` of a data source (in one call where it reads several at once)."""
+  indices = [int(i) for i in indices]
+  if hasattr(source, "__getitems__"):
+    return list(source.__getitems__(indices))
+  return [source[i] for i in indices]
 
 
-def _resize(images, size: int) -> np.ndarray:
-  return np.stack(
-    [
-      np.asarray(Image.fromarray(np.asarray(im)).resize((size, size), Image.BILINEAR))
-      for im in images
-    ]
+def _report_cap(message: str) -> None:
+  logging.warning(message)
+  print(message)
+
+
+def cap_rows(indices: np.ndarray, cap: int, what: str, field: str) -> np.ndarray:
+  """The first `cap` of `indices` (all when cap is 0 or not smaller), reporting a cap in use."""
+  if cap and cap < len(indices):
+    _report_cap(
+      f"{what} capped to {cap} of {len(indices)} examples by data.{field}={cap} (0 = whole split)"
+    )
+    return indices[:cap]
+  return indices
+
+
+def cap_groups(groups: list, size: int, cap: int, what: str, unit: str) -> list:
+  """The first groups (of `size` rows each) that fit in `cap` rows (at least one)."""
+  keep = max(1, cap // size) if cap else len(groups)
+  if keep < len(groups):
+    _report_cap(
+      f"{what} capped to {keep} of {len(groups)} {unit} ({keep * size} examples) by "
+      f"data.max_test={cap} (0 = whole split)"
+    )
+    return groups[:keep]
+  return groups
+
+
+def _grouped(data_source, fn, groups: list[np.ndarray]) -> sources.MappedSource | None:
+  """One group per index array, rows in order; frame = position in the group."""
+  if not groups:
+    return None
+  return sources.MappedSource(
+    data_source,
+    fn,
+    np.concatenate(groups),
+    group=np.repeat(np.arange(len(groups)), [len(g) for g in groups]),
+    frame=np.concatenate([np.arange(len(g)) for g in groups]),
   )
 
 
-def fit_crop_camera(points, target, conf, image_size: int) -> np.ndarray:
-  """Weak-perspective cam [n, 3] (s, tx, ty) fitting points [n, K, 3] (camera frame, x / y) to
-  target [n, K, 2] crop px with weights conf [n, K]: (S / 2) s (X + t) + S / 2 = target.
-  Examples with fewer than 2 confident points get the camera of the points' box (x1.2)."""
-  half = image_size / 2
-  xy, w = np.asarray(points, np.float64)[..., :2], np.asarray(conf, np.float64)
-  uv = (np.asarray(target, np.float64) - half) / half  # = s (X + t)
-  out = np.zeros((len(xy), 3), np.float32)
-  for i in range(len(xy)):
-    k = w[i] > 0
-    if k.sum() >= 2:
-      # Unknowns (s, s tx, s ty): u = s x + s tx, v = s y + s ty.
-      a = np.zeros((2 * k.sum(), 3))
-      a[0::2, 0], a[0::2, 1] = xy[i, k, 0], 1.0
-      a[1::2, 0], a[1::2, 2] = xy[i, k, 1], 1.0
-      sw = np.sqrt(np.repeat(w[i, k], 2))
-      sol = np.linalg.lstsq(a * sw[:, None], uv[i, k].reshape(-1) * sw, rcond=None)[0]
-      if sol[0] > 1e-6:
-        out[i] = (sol[0], sol[1] / sol[0], sol[2] / sol[0])
-        continue
-    lo, hi = xy[i].min(0), xy[i].max(0)
-    out[i] = (2.0 / (1.2 * max(hi - lo)), *(-(lo + hi) / 2))
+def _singles(data_source, fn, indices: np.ndarray) -> sources.MappedSource:
+  """Each example its own group (single-view keypoint fitting)."""
+  n = len(indices)
+  return sources.MappedSource(
+    data_source, fn, indices, group=np.arange(n), frame=np.zeros(n, np.int32)
+  )
+
+
+def _prior_poses(builder, split: str, indices: np.ndarray, orient_field: str) -> np.ndarray:
+  """`[N, 144]` 6D camera-frame poses of rows `indices` (an index pass over the pose fields)."""
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from jhmr.geometry import rotations  # noqa: PLC0415
+
+  source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+  parts = []
+  for start in range(0, len(indices), INDEX_CHUNK):
+    rows = _rows(source, indices[start : start + INDEX_CHUNK])
+    pose = np.stack(
+      [np.concatenate([np.reshape(r[orient_field], (1, 3)), r["body_pose"]]) for r in rows]
+    )
+    rotmat = rotations.axis_angle_to_matrix(jnp.asarray(pose, jnp.float32))
+    parts.append(np.asarray(rotations.matrix_to_rot6d(rotmat)).reshape(len(rows), -1))
+  return np.concatenate(parts).astype(np.float32)
+
+
+def load_sets(config, body_model, keys: KeySeq | None = None) -> ScoreHMRSets:
+  """The sets of `config.data.source` (module docstring)."""
+  del keys  # deterministic: no randomness is drawn
+  d = config.data
+  size = d.image_size
+  loaders = {"threedpw": _threedpw, "emdb": _emdb, "h36m": _h36m}
+  if d.source not in loaders:
+    raise ValueError(f"data.source {d.source!r} is not a real dataset: threedpw, emdb or h36m")
+  parts = loaders[d.source](config, body_model, size)
+  train_builder, train_split, train_indices, orient_field = parts.pop("train_rows")
+  fn = parts.pop("fn")
+  name = d.source
+  if len(train_indices) == 0:
+    raise ValueError(f"{name}: the training set is empty (data.data_dir={d.data_dir})")
+  if parts["keypoints"] is None or len(parts["keypoints"]) == 0:
+    raise ValueError(f"{name}: the keypoints test set is empty (data.data_dir={d.data_dir})")
+  train_indices = cap_rows(train_indices, d.max_train, f"{name} train", "max_train")
+  if config.estimate == "corrupted":
+    prior = _prior_poses(train_builder, train_split, train_indices, orient_field)
+    return ScoreHMRSets(train=None, prior_poses=prior, **parts)
+  train_source = train_builder.as_data_source(train_split)
+  train = sources.MappedSource(train_source, fn, train_indices)
+  return ScoreHMRSets(train=train, **parts)
+
+
+def _test_sets(config, test_source, fn, keypoint_rows, video_groups=None, view_groups=None):
+  d = config.data
+  name = d.source
+  out = {"fn": fn}
+  keypoint_rows = cap_rows(keypoint_rows, d.max_test, f"{name} keypoints", "max_test")
+  out["keypoints"] = _singles(test_source, fn, keypoint_rows)
+  if video_groups is not None:
+    video_groups = cap_groups(
+      video_groups, d.sequence_length, d.max_test, f"{name} video", "windows"
+    )
+    out["video"] = _grouped(test_source, fn, video_groups)
+    if out["video"] is None:
+      logging.info("%s: no run of %d consecutive frames: no video set", name, d.sequence_length)
+  if view_groups is not None:
+    view_groups = cap_groups(view_groups, 4, d.max_test, f"{name} multiview", "groups")
+    out["multiview"] = _grouped(test_source, fn, view_groups)
   return out
 
 
-@jax.jit
-def _body(body_model, betas, rotmat):
-  out = body_model.joints_only(betas, rotmat[:, 1:], rotmat[:, 0], pose_format="rotmat")
-  kp = body_model.joints_only(
-    betas, rotmat[:, 1:], rotmat[:, 0], pose_format="rotmat", joint_set="openpose25"
+def _threedpw(config, body_model, size) -> dict:
+  builder = prepare_builder(config, "threedpw/frames")
+  fn = functools.partial(sources.threedpw_example, body_model=body_model, size=size)
+  test = builder.as_data_source("test")
+  index = read_fields(builder, "test", ("sequence", "actor", "frame_index"))
+  track = [f"{s}/{a}" for s, a in zip(index["sequence"], index["actor"])]
+  windows = sources.video_windows(track, index["frame_index"], config.data.sequence_length)
+  out = _test_sets(config, test, fn, np.arange(len(test)), video_groups=windows)
+  train_rows = np.arange(builder.info.splits["train"].num_examples)
+  return dict(out, train_rows=(builder, "train", train_rows, "global_orient_cam"))
+
+
+def _emdb(config, body_model, size) -> dict:
+  emdb1 = prepare_builder(config, "emdb/emdb1")
+  everything = prepare_builder(config, "emdb/all")
+  fn = functools.partial(sources.emdb_example, body_model=body_model, size=size)
+  index = read_fields(emdb1, "test", ("sequence", "frame_index"))
+  windows = sources.video_windows(
+    index["sequence"], index["frame_index"], config.data.sequence_length
   )
-  return out.joints, kp.keypoints
+  test = emdb1.as_data_source("test")
+  out = _test_sets(config, test, fn, np.arange(len(test)), video_groups=windows)
+  names = read_fields(everything, "test", ("sequence",))["sequence"]
+  train_rows = np.flatnonzero(~np.isin(names, np.unique(index["sequence"])))
+  return dict(out, train_rows=(everything, "test", train_rows, "global_orient_cam"))
 
 
-def _to_set(key, rows, body_model, config, reference) -> dict:
-  """rows of one dataset config -> a set dict (module docstring); reference(rows, size) ->
-  (index into 'smpl24' or 'openpose25', points [n, K, 2] crop px, conf [n, K])."""
-  d = config.data
-  size = d.image_size
-  spec = people.SceneSpec(image_size=size, focal_length=d.focal_length)
-  orient = np.stack([r.get("global_orient_cam", r["global_orient"]) for r in rows]).astype(
-    np.float32
+def _h36m(config, body_model, size) -> dict:
+  builder = prepare_builder(config, "h36m/frames")
+  fn = functools.partial(
+    sources.h36m_example, body_model=body_model, size=size, focal_length=config.data.focal_length
   )
-  body_pose = np.stack([r["body_pose"] for r in rows]).astype(np.float32)
-  rotmat = rotations.axis_angle_to_matrix(
-    jnp.concatenate([jnp.asarray(orient)[:, None], jnp.asarray(body_pose)], axis=1)
-  )
-  betas = np.zeros((len(rows), body_model.num_betas), np.float32)
-  raw_betas = np.stack([r["betas"] for r in rows]).astype(np.float32)
-  nb = min(body_model.num_betas, raw_betas.shape[1])
-  betas[:, :nb] = raw_betas[:, :nb]
-  joints, keypoints = (np.asarray(x) for x in _body(body_model, jnp.asarray(betas), rotmat))
-  joint_set, index, target, conf = reference(rows, size)
-  model_points = (joints if joint_set == "smpl24" else keypoints)[:, index]
-  cam = fit_crop_camera(model_points, target, conf, size)
-  cam_t = np.asarray(
-    cameras.weak_perspective_to_translation(jnp.asarray(cam), d.focal_length, size)
-  )
-  out = {
-    "image": _resize([r["image"] for r in rows], size),
-    "body_pose": body_pose,
-    "global_orient": np.asarray(rotmat[:, 0]),
-    "rotmat": np.asarray(rotmat),
-    "betas": betas,
-    "cam": cam,
-    "cam_t": cam_t,
-    "joints3d": joints - joints[:, :1],
-    "keypoints3d": keypoints + cam_t[:, None],
-  }
-  openpose = [r.get("openpose") for r in rows]
-  if all(o is not None and np.any(o[:, 2] > 0) for o in openpose):
-    # Real BODY_25 detections (image px) -> crop px at image_size.
-    kp = np.stack(
-      [
-        crops.crop_points(o[:, :2], r["center"], 200 * r["scale"], size)
-        for o, r in zip(openpose, rows)
-      ]
-    )
-    return dict(out, keypoints_2d=kp.astype(np.float32), confidence=np.stack(openpose)[..., 2])
-  return people.detect(key, out, spec)
-
-
-def _threedpw_reference(rows, size):
-  kp = np.stack([r["keypoints2d_crop"] for r in rows])
-  crop = rows[0]["image"].shape[0]
-  return "openpose25", list(_COCO18_TO_BODY25), kp[..., :2] * size / crop, kp[..., 2]
-
-
-def _emdb_reference(rows, size):
-  kp = np.stack([crops.crop_points(r["keypoints2d"], r["center"], r["scale"], size) for r in rows])
-  return "smpl24", list(range(24)), kp, np.ones(kp.shape[:2], np.float32)
-
-
-def _h36m_reference(rows, size):
-  src, dst = zip(*sorted(_SPIN24_TO_BODY25.items()))
-  kp = np.stack([r["keypoints2d_crop"][list(src)] for r in rows])
-  crop = rows[0]["image"].shape[0]
-  return "openpose25", list(dst), kp[..., :2] * size / crop, kp[..., 2]
-
-
-def video_windows(sequence, frame_index, length: int, limit: int) -> list[np.ndarray]:
-  """Index arrays of up to `limit` windows of `length` consecutive frames of one sequence."""
-  sequence, frame_index = np.asarray(sequence), np.asarray(frame_index)
-  order = np.lexsort((frame_index, sequence))
-  windows, run = [], [order[0]] if len(order) else []
-  for prev, cur in zip(order[:-1], order[1:]):
-    if sequence[cur] == sequence[prev] and frame_index[cur] == frame_index[prev] + 1:
-      run.append(cur)
-    else:
-      run = [cur]
-    if len(run) == length:
-      windows.append(np.array(run))
-      run = []
-  return windows[:limit]
-
-
-def _video(key, rows, body_model, config, reference, seq_key) -> dict | None:
-  """Windows of data.sequence_length consecutive frames (shorter, down to MIN_VIDEO_LENGTH,
-  when no sequence is that long)."""
-  d = config.data
-  sequence = [f"{_text(r[seq_key])}/{r.get('actor', 0)}" for r in rows]
-  frame = [int(r["frame_index"]) for r in rows]
-  windows = []
-  for length in range(d.sequence_length, MIN_VIDEO_LENGTH - 1, -1):
-    windows = video_windows(sequence, frame, length, d.num_sequences)
-    if windows:
-      break
-  if not windows:
-    return None
-  picked = [rows[i] for w in windows for i in w]
-  group = np.repeat(np.arange(len(windows)), len(windows[0]))
-  return dict(_to_set(key, picked, body_model, config, reference), group=group)
-
-
-def load_sets(config, body_model) -> dict:
-  """The train / keypoints / multiview / video sets of `config.data.source` (module docstring)."""
-  d = config.data
-  keys = jax.random.split(jax.random.PRNGKey(config.seed + 2000), 4)
-  sets = {}
-  if d.source == "threedpw":
-    train = _rows(config, "threedpw/frames", "train", limit=d.num_train)
-    test = _rows(config, "threedpw/frames", "test")
-    ref, seq_key = _threedpw_reference, "sequence"
-  elif d.source == "emdb":
-    emdb1 = {_text(r["sequence"]) for r in _rows(config, "emdb/emdb1", "test")}
-    train = _rows(
-      config, "emdb/all", "test", keep=lambda r: _text(r["sequence"]) not in emdb1,
-      limit=d.num_train,
-    )  # fmt: skip
-    test = _rows(config, "emdb/emdb1", "test")
-    ref, seq_key = _emdb_reference, "sequence"
-  elif d.source == "h36m":
-    has_smpl = lambda r: r["has_smpl"] > 0
-    train = _rows(config, "h36m/frames", "train", keep=has_smpl, limit=d.num_train)
-    test = _rows(config, "h36m/frames", "test_p1", keep=has_smpl, limit=d.num_test)
-    all_smpl = lambda g: np.all(np.asarray(g["views"]["has_smpl"]) > 0)
-    groups = _rows(config, "h36m/multiview", "test_p1", keep=all_smpl, limit=d.num_multiview)
-    ref, seq_key = _h36m_reference, None
-  else:
-    raise ValueError(f"data.source {d.source!r} is not a real dataset: threedpw, emdb or h36m")
-  for name, rows in (("train", train), ("keypoints", test[: d.num_test])):
-    if not rows:
-      raise ValueError(f"{d.source}: the {name} set is empty (data.data_dir={d.data_dir})")
-  sets["train"] = _to_set(keys[0], train, body_model, config, ref)
-  sets["keypoints"] = _to_set(keys[1], test[: d.num_test], body_model, config, ref)
-  if seq_key is None and groups:
-    views = [
-      {k: np.asarray(g["views"][k])[v] for k in g["views"]} for g in groups for v in range(4)
-    ]
-    group = np.repeat(np.arange(len(groups)), 4)
-    sets["multiview"] = dict(_to_set(keys[2], views, body_model, config, ref), group=group)
-  if seq_key is not None:
-    video = _video(keys[3], test, body_model, config, ref, seq_key)
-    if video is not None:
-      sets["video"] = video
-  return sets
+  fields = ("subject", "action", "frame", "camera", "has_smpl")
+  index = read_fields(builder, "test_p1", fields)
+  has_smpl = index["has_smpl"] > 0
+  person = list(zip(index["subject"], index["action"], index["frame"].tolist()))
+  groups = [
+    g for g in sources.view_groups(person, index["camera"], 4) if np.all(has_smpl[g])
+  ]  # fmt: skip
+  rows = np.flatnonzero(has_smpl)
+  if len(rows) < len(has_smpl):
+    logging.info("h36m test_p1: %d of %d entries have SMPL fits", len(rows), len(has_smpl))
+  test = builder.as_data_source("test_p1")
+  out = _test_sets(config, test, fn, rows, view_groups=groups)
+  train_rows = np.flatnonzero(read_fields(builder, "train", ("has_smpl",))["has_smpl"] > 0)
+  return dict(out, train_rows=(builder, "train", train_rows, "global_orient"))

@@ -47,15 +47,14 @@ def write_table(workdir, rows) -> str:
   return markdown
 
 
-def _plots(workdir, extras, body_model):
+def _plots(workdir, extras, body_model, initial_name):
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   kp = extras["keypoints"]
-  result = kp["result"]
-  loss = np.asarray(result.keypoint_loss)  # [iters * steps, B]
+  loss = np.asarray(kp["first"]["result"].keypoint_loss)  # [iters * steps, B]
   fig, ax = plt.subplots(figsize=(6, 3.5))
   ax.plot(np.arange(1, len(loss) + 1), loss.mean(axis=1))
   ax.set_xlabel("guided DDIM step")
@@ -69,8 +68,12 @@ def _plots(workdir, extras, body_model):
   names = body_model.joint_names("smpl24")
   fig, ax = plt.subplots(figsize=(10, 3.5))
   x = np.arange(len(names))
-  ax.bar(x - 0.2, kp["initial"]["per_joint"].mean(0), 0.4, label="regressor")
-  ax.bar(x + 0.2, kp["refined"]["per_joint"].mean(0), 0.4, label="ScoreHMR")
+  for offset, method, label in (
+    (-0.27, "initial", initial_name),
+    (0.0, "baseline", "optimisation baseline"),
+    (0.27, "ScoreHMR", "ScoreHMR"),
+  ):
+    ax.bar(x + offset, kp[method]["per_joint"].mean(0), 0.27, label=label)
   ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
   ax.set_ylabel("error (mm, root-centred)")
   ax.legend()
@@ -80,43 +83,47 @@ def _plots(workdir, extras, body_model):
 
 
 @functools.partial(jax.jit, static_argnames=("size",))
-def _posed(body_model, rotmat, betas, cam_t, focal_length, size: int):
+def _posed(body_model, rotmat, betas, cam_t, focal_length, center, size: int):
   out = body_model(betas, rotmat[:, 1:], rotmat[:, 0], pose_format="rotmat")
   verts = out.vertices + cam_t[:, None]
-  center = jnp.array([size / 2, size / 2])
   return verts, rasterize(verts, body_model.faces, focal_length, center, (size, size))
 
 
-def _meshes_and_overlay(workdir, extras, models, spec, count: int = 4):
-  body_model, split = models["body_model"], models["data"]["keypoints"]
-  kp = extras["keypoints"]
-  est, result = kp["est"], kp["result"]
-  n = min(count, len(split["image"]))
-  images = np.asarray(split["image"][:n])
+def _meshes_and_overlay(workdir, extras, models, count: int = 4):
+  body_model = models.body_model
+  first = extras["keypoints"]["first"]
+  batch, est, result = first["batch"], first["estimate"], first["result"]
+  n = min(count, len(batch.image))
+  images = np.asarray(batch.image[:n])
+  size = images.shape[1]
+  k = batch.crop_projection[:n]
+  focal, center = k[:, [0, 1], [0, 1]], k[:, :2, 2]
   (workdir / "meshes").mkdir(exist_ok=True)
   columns = [images]
   for name, rotmat, betas, cam_t in (
-    ("regressor", est["rotmat"], est["betas"], est["cam_t"]),
+    ("initial", est.rotmat, est.betas, est.cam_t),
     ("scorehmr", result.pose, result.betas, result.cam_t),
   ):
     verts, frags = _posed(
       body_model,
       *(jnp.asarray(x[:n]) for x in (rotmat, betas, cam_t)),
-      spec.focal_length,
-      spec.image_size,
+      jnp.asarray(focal, jnp.float32),
+      jnp.asarray(center, jnp.float32),
+      size,
     )
     for i in range(n):
       export_obj(workdir / "meshes" / f"{name}_{i}.obj", np.asarray(verts[i]), body_model.faces)
     columns.append(np.asarray(overlay_mesh(images, frags, alpha=0.7)))
   grid = np.concatenate([np.concatenate([c[i] for c in columns], axis=1) for i in range(n)])
-  zoom = max(1, 256 // spec.image_size)
+  zoom = max(1, 256 // size)
   save_png(workdir / "overlay.png", np.repeat(np.repeat(grid, zoom, 0), zoom, 1))
 
 
-def write(workdir, rows, extras, models, spec) -> None:
-  """Writes the table, the plots, example overlays (input | regressor | ScoreHMR) and meshes."""
+def write(workdir, rows, extras, models, initial_name: str = "regressor") -> None:
+  """Writes the table, the plots, example overlays (input | initial | ScoreHMR) and meshes."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   print(write_table(workdir, rows))
-  _plots(workdir, extras, models["body_model"])
-  _meshes_and_overlay(workdir, extras, models, spec)
+  if "keypoints" in extras:
+    _plots(workdir, extras, models.body_model, initial_name)
+    _meshes_and_overlay(workdir, extras, models)

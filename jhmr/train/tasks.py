@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jhmr.diffusion.training import diffusion_loss
+from jhmr.geometry import rotations
 from jhmr.train.task import Task
 
 
@@ -31,25 +32,62 @@ def weak_perspective(points, cam):
   return cam[..., None, :1] * (points[..., :2] + cam[..., None, 1:])
 
 
-def make_hmr_task(model, body_model, source, *, weights=HMRLossWeights(), evaluate=None) -> Task:
-  """HMR regressor (`jhmr.models.hmr.HMR`) on image crops with full body-model ground truth.
+def normalise_images(images):
+  """uint8 `[..., S, S, 3]` -> float32 network input, roughly zero mean / unit variance."""
+  return (jnp.asarray(images, jnp.float32) / 255.0 - 0.5) / 0.25
 
-  Examples: image [S, S, 3] normalised, rotmat [24, 3, 3] (global orient first), betas [NB],
-  joints3d [24, 3] root-centred camera-frame joints, keypoints2d [K, 2] in [-1, 1] crop
-  coordinates of the body model's 'openpose25' set, keypoint_conf [K].
+
+def crop_rotation(crop_from_image):
+  """`[B, 3, 3]` in-plane rotation that crops `[B, 2, 3]` apply (identity without rotation)."""
+  a, b = crop_from_image[:, 0, 0], crop_from_image[:, 1, 0]
+  norm = jnp.hypot(a, b)
+  c, s = a / norm, b / norm
+  zero, one = jnp.zeros_like(c), jnp.ones_like(c)
+  rows = [[c, -s, zero], [s, c, zero], [zero, zero, one]]
+  return jnp.stack([jnp.stack(r, -1) for r in rows], -2)
+
+
+def hmr_targets(batch, body_model, keypoint_set: str = "openpose25") -> dict:
+  """What the HMR regressor is trained to predict for a `PersonExample` batch `[B]`.
+
+  rotmat [B, 24, 3, 3] (the root as seen in the crop: `crop_rotation @ R(global_orient)`), betas
+  [B, NB], joints3d [B, 24, 3] root-centred and rotated like the root (m), keypoints2d [B, K, 2]
+  in [-1, 1] crop coordinates, keypoint_conf [B, K].
   """
+  spin = crop_rotation(batch.crop_from_image)
+  pose = jnp.concatenate([batch.global_orient[:, None], batch.body_pose], axis=1)
+  rotmat = rotations.axis_angle_to_matrix(pose)
+  rotmat = rotmat.at[:, 0].set(spin @ rotmat[:, 0])
+  joints = batch.joints_3d - batch.joints_3d[:, :1]
+  half = batch.image.shape[-2] / 2
+  keypoints = batch.keypoints_2d[keypoint_set]
+  return {
+    "rotmat": rotmat,
+    "betas": batch.betas,
+    "joints3d": jnp.einsum("bij,bnj->bni", spin, joints),
+    "keypoints2d": (keypoints[..., :2] - half) / half,
+    "keypoint_conf": keypoints[..., 2],
+  }
+
+
+def make_hmr_task(
+  model, body_model, source, *, weights=HMRLossWeights(), transforms=(), evaluate=None
+) -> Task:
+  """HMR regressor (`jhmr.models.hmr.HMR`) on `PersonExample` crops with full body-model ground
+  truth (`hmr_targets`); `transforms` are the training augmentations (`jhmr.data.augment`)."""
 
   def init(key, batch):
-    return model.init(key, jnp.asarray(batch["image"]), train=False)
+    return model.init(key, normalise_images(batch.image), train=False)
 
   def loss(params, state, batch, key):
     out, new_state = model.apply(
       {"params": params, **state},
-      batch["image"],
+      normalise_images(batch.image),
       train=True,
       rngs={"dropout": key},
       mutable=["batch_stats"],
     )
+    target = hmr_targets(batch, body_model)
     nb = out["betas"].shape[-1]
     body = body_model.joints_only(
       out["betas"],
@@ -60,18 +98,21 @@ def make_hmr_task(model, body_model, source, *, weights=HMRLossWeights(), evalua
     )
     joints = body.joints - body.joints[:, :1]
     kp2d = weak_perspective(body.keypoints, out["cam"])
-    conf = batch["keypoint_conf"][..., None]
+    conf = target["keypoint_conf"][..., None]
+    has_smpl = batch.has_smpl[:, None]
     terms = {
-      "pose": jnp.mean(jnp.square(out["rotmat"] - batch["rotmat"])),
-      "betas": jnp.mean(jnp.square(out["betas"] - batch["betas"][:, :nb])),
-      "joints3d": jnp.mean(jnp.square(joints - batch["joints3d"])),
-      "keypoints2d": jnp.sum(conf * jnp.square(kp2d - batch["keypoints2d"]))
+      "pose": jnp.mean(has_smpl[..., None, None] * jnp.square(out["rotmat"] - target["rotmat"])),
+      "betas": jnp.mean(has_smpl * jnp.square(out["betas"] - target["betas"][:, :nb])),
+      "joints3d": jnp.mean(batch.has_3d[:, None, None] * jnp.square(joints - target["joints3d"])),
+      "keypoints2d": jnp.sum(conf * jnp.square(kp2d - target["keypoints2d"]))
       / jnp.maximum(jnp.sum(conf) * 2, 1.0),
     }
     total = sum(getattr(weights, k) * v for k, v in terms.items())
     return total, (terms, new_state)
 
-  return Task(name="hmr", init=init, loss=loss, source=source, evaluate=evaluate)
+  return Task(
+    name="hmr", init=init, loss=loss, source=source, transforms=transforms, evaluate=evaluate
+  )
 
 
 def make_score_task(net, source, alphas_cumprod, *, evaluate=None) -> Task:
@@ -98,11 +139,12 @@ def make_score_task(net, source, alphas_cumprod, *, evaluate=None) -> Task:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _apply_eval(model, variables, images):
-  return model.apply(variables, images, train=False)
+  return model.apply(variables, normalise_images(images), train=False)
 
 
 def predict(model, variables, images, batch_size: int = 256):
-  """Runs a trained HMR in inference mode over [N, S, S, 3] images in chunks -> dict of [N, ...].
+  """Runs a trained HMR in inference mode over uint8 [N, S, S, 3] crops in chunks -> dict of
+  [N, ...] (images are normalised with `normalise_images` inside).
 
   Every chunk is padded to `batch_size` (capped at N), so one compiled program serves all calls.
   """
