@@ -181,3 +181,27 @@ def index(batch: PersonExample, i) -> PersonExample:
 def num_examples(batch: PersonExample) -> int:
   """B, the leading axis of a batch."""
   return int(np.shape(batch.image)[0])
+
+
+class BatchSource:
+  """A random-access source (`len`, `[i]`) over a `PersonExample` batch: item i is example i."""
+
+  def __init__(self, batch: PersonExample):
+    self.batch = batch
+
+  def __len__(self) -> int:
+    return num_examples(self.batch)
+
+  def __getitem__(self, i) -> PersonExample:
+    return index(self.batch, int(i))
+
+  def rows(self, start: int, stop: int) -> PersonExample:
+    """Examples [start, stop) as one batch."""
+    return index(self.batch, slice(start, stop))
+
+
+def read_rows(source, start: int, stop: int) -> PersonExample:
+  """Examples [start, stop) of any random-access source as one batch."""
+  if hasattr(source, "rows"):
+    return source.rows(start, stop)
+  return stack([source[i] for i in range(start, stop)])

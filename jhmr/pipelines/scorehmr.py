@@ -408,6 +408,8 @@ def evaluate(config, workdir, models: TrainedModels, sets: ScoreHMRSets, keys: K
   initial_name = "regressor" if models.hmr is not None else "initial estimate"
   rows, extras = [], {}
   for task, source in sets.tasks().items():
+    if task not in config.eval_tasks:
+      continue
     logging.info("evaluating %s on %d examples", task, len(source))
     res = evaluate_task(config, models, task, source, keys.child(task))
     title = TASK_TITLES[task]
