@@ -57,8 +57,9 @@ ANGLE_PRIOR = ((18, 1, 1.0), (19, 1, -1.0), (4, 0, -1.0), (5, 0, -1.0))
 class SmplifyConfig:
   """Optimisation settings (static).
 
-  `pose_weight` 1500 is the best of {5, 20, 50, 200, 500, 1500, 5000} on the CMU keypoint-fitting
-  benchmark (`benchmarks/scorehmr.py`, tuned on its test scenes: an optimistic baseline).
+  `pose_weight` 1500 is the best of {5, 20, 50, 200, 500, 1500, 5000} on an earlier CMU
+  keypoint-fitting benchmark (tuned on its test scenes: an optimistic baseline; see
+  benchmarks/README.md, "ScoreHMR refinement").
 
   `smooth_weight` (task 'video' only) 1e4 is ScoreHMR's own ratio of the temporal to the keypoint
   term (30 L_temp against 0.003 L_kp) and the best trade-off of a sweep over {0, 1e2, 1e3, 3e3,

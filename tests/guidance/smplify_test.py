@@ -91,6 +91,26 @@ def _project(body, pose, betas, cam_t):
   return np.asarray(cameras.perspective_projection(kp.keypoints, cam_t, FOCAL, CENTER))
 
 
+def _noisy_scene(body, rng, true, group, *, pixel_noise, corruption, depth):
+  """(Observation, true): rotations `true` [B, 24, 3, 3] seen 20 m away with `pixel_noise` px
+  keypoint noise, initialised from `true` corrupted by `corruption` rad, depth scaled by `depth`."""
+  b = len(group)
+  betas = np.zeros((b, 4), np.float32)
+  cam_t = np.tile(np.array([[0.0, 0.1, 20.0]], np.float32), (b, 1))
+  kp2d = _project(body, true, betas, cam_t) + pixel_noise * rng.normal(size=(b, 25, 2))
+  obs = Observation.create(
+    _corrupt(rng, true, corruption),
+    betas,
+    cam_t * depth,
+    kp2d,
+    np.ones((b, 25)),
+    image_size=(1000, 1000),
+    group=group,
+    body_model=body,
+  )
+  return obs, true
+
+
 def _body_joints(body, pose, betas):
   """Joints [B, 24, 3] of the body pose alone (global orient removed, root at the origin)."""
   eye = jnp.broadcast_to(jnp.eye(3), pose[:, 0].shape)
@@ -130,21 +150,7 @@ def multiview_scene(tiny_body):
   )  # [V, 3, 3]: camera v sees the person turned by yaw_v
   view = np.repeat(np.arange(views), people)
   true[:, 0] = np.asarray(jnp.einsum("bij,bjk->bik", cam_yaw[view], true[:, 0]))
-  b = len(group)
-  betas = np.zeros((b, 4), np.float32)
-  cam_t = np.tile(np.array([[0.0, 0.1, 20.0]], np.float32), (b, 1))
-  kp2d = _project(tiny_body, true, betas, cam_t) + 4.0 * rng.normal(size=(b, 25, 2))
-  obs = Observation.create(
-    _corrupt(rng, true, 0.2),
-    betas,
-    cam_t * 1.03,
-    kp2d,
-    np.ones((b, 25)),
-    image_size=(1000, 1000),
-    group=group,
-    body_model=tiny_body,
-  )
-  return obs, true
+  return _noisy_scene(tiny_body, rng, true, group, pixel_noise=4.0, corruption=0.2, depth=1.03)
 
 
 def test_multiview_shares_the_body_pose_and_beats_per_view_fits(multiview_scene, tiny_body):
@@ -205,20 +211,8 @@ def video_scene(tiny_body):
   aa[:, :, 0, 1] = np.linspace(0.0, 0.3, frames)  # turning slowly
   b = seqs * frames
   true = np.asarray(rotations.axis_angle_to_matrix(jnp.asarray(aa.reshape(b, 24, 3), jnp.float32)))
-  betas = np.zeros((b, 4), np.float32)
-  cam_t = np.tile(np.array([[0.0, 0.1, 20.0]], np.float32), (b, 1))
-  kp2d = _project(tiny_body, true, betas, cam_t) + 3.0 * rng.normal(size=(b, 25, 2))
-  obs = Observation.create(
-    _corrupt(rng, true, 0.1),
-    betas,
-    cam_t * 1.02,
-    kp2d,
-    np.ones((b, 25)),
-    image_size=(1000, 1000),
-    group=np.repeat([7, 3], frames),  # arbitrary ids, consecutive rows
-    body_model=tiny_body,
-  )
-  return obs, true
+  group = np.repeat([7, 3], frames)  # arbitrary ids, consecutive rows
+  return _noisy_scene(tiny_body, rng, true, group, pixel_noise=3.0, corruption=0.1, depth=1.02)
 
 
 def test_video_is_smoother_than_per_frame_fits(video_scene, tiny_body):
