@@ -125,7 +125,7 @@ def main():
     config = trainer_config(steps=args.steps, batch_size=batch_size, learning_rate=1e-4)
     config.seed = 0
     examples = [task.source[i] for i in range(batch_size)]
-    batch = {k: jnp.asarray(np.stack([e[k] for e in examples])) for k in examples[0]}
+    batch = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *examples)
     ref = bare_step_time(task, config, batch, args.repeats)
     sps, eps = trainer_rate(
       task, ml_collections.ConfigDict(config.to_dict()), args.steps, args.warmup
