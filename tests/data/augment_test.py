@@ -14,7 +14,7 @@ from scipy.spatial.transform import Rotation
 
 import jhmr
 from jhmr import render
-from jhmr.data import augment, crops
+from jhmr.data import augment, crops, posefix
 from jhmr.data.example import PersonExample, check_example, project_to_crop
 
 SIZE = 128
@@ -297,39 +297,39 @@ def test_color_jitter_scales_channels(example):
 
 
 def test_posefix_probability_table():
-  parts = augment.keypoint_parts(("nose", "left_wrist", "RHip", "LAnkle", "Neck", "LBigToe"))
+  parts = posefix.keypoint_parts(("nose", "left_wrist", "RHip", "LAnkle", "Neck", "LBigToe"))
   assert parts == (("nose", True), ("wrist", True), ("hip", True), ("ankle", True),
                    ("shoulder", False), ("ankle", False))  # fmt: skip
-  p = augment.posefix_probabilities(parts, num_valid=17, num_overlap=0)
+  p = posefix.posefix_probabilities(parts, num_valid=17, num_overlap=0)
   # PoseFix's numbers with > 15 valid joints and no crowd: (jitter, miss, inversion, swap).
   np.testing.assert_allclose(p[0, :4], [0.10, 0.02, 0.01, 0.01])
   np.testing.assert_allclose(p[1, :4], [0.15, 0.10, 0.03, 0.06])
   np.testing.assert_allclose(p[2, :4], [0.20, 0.10, 0.06, 0.03])
   np.testing.assert_allclose(p[3, :4], [0.10, 0.05, 0.06, 0.03])
   np.testing.assert_allclose(p.sum(1), 1.0)
-  crowd = augment.posefix_probabilities(parts, num_valid=8, num_overlap=1)
+  crowd = posefix.posefix_probabilities(parts, num_valid=8, num_overlap=1)
   np.testing.assert_allclose(crowd[1, :4], [0.20, 0.15, 0.03, 0.15])
-  sigmas = augment.keypoint_sigmas(("nose", "left_hip", "Neck"))
-  np.testing.assert_allclose(sigmas, [0.026, 0.107, augment.DEFAULT_SIGMA])
+  sigmas = posefix.keypoint_sigmas(("nose", "left_hip", "Neck"))
+  np.testing.assert_allclose(sigmas, [0.026, 0.107, posefix.DEFAULT_SIGMA])
 
 
 def test_posefix_corrupt_draws_the_requested_fractions(body, example):
   names = body.joint_names("coco17")
   kp = example.keypoints_2d["coco17"]
-  parts, sigmas = augment.keypoint_parts(names), augment.keypoint_sigmas(names)
+  parts, sigmas = posefix.keypoint_parts(names), posefix.keypoint_sigmas(names)
   partner = np.full(17, -1)
   for a, b in augment.observations.left_right_pairs(names):
     partner[a], partner[b] = b, a
   area = 80.0 * 100.0
-  d85, d50, _ = (augment.oks_distance(ks, area, sigmas) for ks in (0.85, 0.5, 0.1))
+  d85, d50, _ = (posefix.oks_distance(ks, area, sigmas) for ks in (0.85, 0.5, 0.1))
   neighbour = kp + np.array([60.0, 0.0, 0.0], np.float32)
   rng = np.random.default_rng(0)
   draws = 600
   kinds = np.zeros((draws, 17), int)
   for i in range(draws):
-    out, kinds[i] = augment.posefix_corrupt(kp, rng, parts, sigmas, partner, area, neighbour)
+    out, kinds[i] = posefix.posefix_corrupt(kp, rng, parts, sigmas, partner, area, neighbour)
     err = np.linalg.norm(out[:, :2] - kp[:, :2], axis=1)
-    good, jitter = kinds[i] == augment.GOOD, kinds[i] == augment.JITTER
+    good, jitter = kinds[i] == posefix.GOOD, kinds[i] == augment.JITTER
     assert np.all(err[good] <= d85[good] + 1e-3)
     assert np.all((err[jitter] >= d85[jitter] - 1e-3) & (err[jitter] <= d50[jitter] + 1e-3))
     miss = kinds[i] == augment.MISS
@@ -341,11 +341,11 @@ def test_posefix_corrupt_draws_the_requested_fractions(body, example):
   # Limb joints (shoulders to ankles) are far from their partner and the neighbour here, so every
   # option can be drawn and the fractions are PoseFix's priors (17 valid joints, 1 overlap).
   limbs = np.arange(5, 17)
-  expected = augment.posefix_probabilities(parts, 17, 1)[limbs]
+  expected = posefix.posefix_probabilities(parts, 17, 1)[limbs]
   for kind in range(5):
     observed = (kinds[:, limbs] == kind).mean(0)
     std = np.sqrt(expected[:, kind] * (1 - expected[:, kind]) / draws)
-    assert np.all(np.abs(observed - expected[:, kind]) < 4 * std + 1e-9), augment.POSEFIX_KINDS[
+    assert np.all(np.abs(observed - expected[:, kind]) < 4 * std + 1e-9), posefix.POSEFIX_KINDS[
       kind
     ]
   # Pooled over the limbs (7200 draws), e.g. the wrists: 0.15 jitter, 0.10 miss, 0.03 inversion.
@@ -354,7 +354,7 @@ def test_posefix_corrupt_draws_the_requested_fractions(body, example):
 
 
 def test_posefix_keypoints_touch_only_their_set(body, example):
-  corrupt = augment.posefix_keypoints("openpose25", body.joint_names("openpose25"))
+  corrupt = posefix.posefix_keypoints("openpose25", body.joint_names("openpose25"))
   moved = []
   for seed in range(50):
     out = corrupt(example, np.random.default_rng(seed))
@@ -380,7 +380,7 @@ def test_posefix_keypoints_touch_only_their_set(body, example):
   assert np.all(out[1::2] == 0) and np.all(out[0::2, 2] == 1)  # unlabelled joints stay missing
   assert np.any(out[0::2, :2] != missing.keypoints_2d["openpose25"][0::2, :2])
   with pytest.raises(ValueError, match="h36m17"):
-    augment.posefix_keypoints("h36m17", body.joint_names("h36m17"))(
+    posefix.posefix_keypoints("h36m17", body.joint_names("h36m17"))(
       example, np.random.default_rng(0)
     )
 
