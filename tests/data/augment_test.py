@@ -329,12 +329,12 @@ def test_posefix_corrupt_draws_the_requested_fractions(body, example):
   for i in range(draws):
     out, kinds[i] = posefix.posefix_corrupt(kp, rng, parts, sigmas, partner, area, neighbour)
     err = np.linalg.norm(out[:, :2] - kp[:, :2], axis=1)
-    good, jitter = kinds[i] == posefix.GOOD, kinds[i] == augment.JITTER
+    good, jitter = kinds[i] == posefix.GOOD, kinds[i] == posefix.JITTER
     assert np.all(err[good] <= d85[good] + 1e-3)
     assert np.all((err[jitter] >= d85[jitter] - 1e-3) & (err[jitter] <= d50[jitter] + 1e-3))
-    miss = kinds[i] == augment.MISS
+    miss = kinds[i] == posefix.MISS
     assert np.all(err[miss] >= d50[miss] - 1e-3)
-    inv = np.flatnonzero(kinds[i] == augment.INVERSION)
+    inv = np.flatnonzero(kinds[i] == posefix.INVERSION)
     to_partner = np.linalg.norm(out[inv, :2] - kp[partner[inv], :2], axis=1)
     assert np.all(to_partner <= d50[inv] + 1e-3)
     np.testing.assert_array_equal(out[:, 2], kp[:, 2])
