@@ -1,4 +1,4 @@
-"""Benchmark rows (3DPW, EMDB, Human3.6M TFDS builders) -> `PersonExample`, converted on access.
+"""Benchmark rows (3DPW, EMDB, Human3.6M, SMART builders) -> `PersonExample`, converted on access.
 
 `MappedSource(data_source, fn, indices)` is a random-access source (`len`, `[i]`) whose item i is
 `fn(data_source[indices[i]])`: nothing of the split is copied; a row is read and converted when
@@ -8,6 +8,7 @@ as `builder.as_data_source()[split][i]` gives it), the body model and the crop s
   threedpw_example(row, body_model, size)                 `threedpw/frames` (and oc, pc, crowd)
   emdb_example(row, body_model, size)                     `emdb/emdb1`, `emdb/all`
   h36m_example(row, body_model, size, focal_length=5000)  `h36m/frames`, one view of `multiview`
+  smart_example(row, size)                                `smart/<action>` (2D labels only)
 
 What each field is made of:
 
@@ -396,6 +397,26 @@ def h36m_example(row, body_model, size: int, focal_length: float = 5000.0) -> Pe
     has_smpl=has_smpl, has_3d=has_smpl,
     group=name_id(row["subject"], row["action"], int(row["frame"])),
     frame=H36M_CAMERAS.index(camera),
+  )  # fmt: skip
+
+
+def smart_example(
+  row, size: int, num_betas: int = 10, focal_length: float = 5000.0
+) -> PersonExample:
+  """A `smart/<action>` row -> `PersonExample` with 2D labels only: SMART has no SMPL fits and no
+  3D (has_smpl = has_3d = 0, parameters zero), no camera (the nominal crop camera of
+  `h36m_intrinsics`) and no stored image size (`image_size` = 0, unknown). Keypoints: its
+  OpenPose BODY_25 joints (confidence 0/1); group = the video, frame = the frame index."""
+  center = np.asarray(row["center"], np.float64)
+  box = float(row["scale"])  # px
+  affine = crops.crop_transform(center, box, size)
+  openpose = image_to_crop(np.asarray(row["keypoints2d"], np.float32), affine)
+  return _example(
+    image=row["image"], size=size, affine=affine,
+    intrinsics=h36m_intrinsics(center, box, size, focal_length), image_size_wh=(0.0, 0.0),
+    keypoints_2d={"openpose25": openpose}, global_orient=np.zeros(3), body_pose=np.zeros((23, 3)),
+    betas=np.zeros(num_betas), cam_t=np.zeros(3), joints_3d=np.zeros((24, 3)), has_smpl=0.0,
+    has_3d=0.0, group=name_id(row["video"]), frame=int(row["frame_index"]),
   )  # fmt: skip
 
 

@@ -342,3 +342,30 @@ def test_mapped_source_over_a_tfds_split(prepared, body_model):
     np.asarray(example_lib.stack([source[0], source[1]]).image[1]),
     sources.resize_crop(rows[0]["image"], SIZE),
   )
+
+
+def test_smart_rows_are_2d_only_examples(tmp_path):
+  """SMART (diving dummy data): every row converts; keypoints land where the builder's own crop
+  keypoints are, rescaled to the example's crop size; no 3D labels claimed."""
+  import tensorflow_datasets as tfds
+
+  from jhmr.data.smart import dummy_data_generator as smart_dummy
+
+  builder = builders.make_builder(
+    "smart/diving", data_dir=str(tmp_path), file_format="array_record"
+  )
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(manual_dir=str(smart_dummy.DUMMY_DIR))
+  )
+  source = builder.as_data_source()["train"]
+  assert len(source) > 0
+  for i in range(len(source)):
+    row = source[i]
+    ex = example_lib.check_example(sources.smart_example(row, SIZE))
+    kp, ref = ex.keypoints_2d["openpose25"], np.asarray(row["keypoints2d_crop"], np.float32)
+    visible = ref[:, 2] > 0
+    np.testing.assert_array_equal(kp[:, 2] > 0, visible)
+    crop = row["image"].shape[0]
+    np.testing.assert_allclose(kp[visible, :2], ref[visible, :2] * SIZE / crop, atol=0.05)
+    assert ex.has_smpl == 0 and ex.has_3d == 0 and not ex.joint_visibility.any()
+    assert int(ex.frame) == int(row["frame_index"])
