@@ -32,6 +32,9 @@ def trainer_config(
         progress=True,
         sync_every_step=True,  # False lets GPU/TPU dispatch run ahead (CPU always syncs)
         async_checkpoints=False,  # True overlaps writes; may then lose up to 2 intervals
+        data_threads=2,  # input pipeline reader threads (none of these changes a batch)
+        data_prefetch=4,  # batches prefetched
+        data_workers=0,  # > 0: that many worker processes read and augment
       ),
       optimizer=dict(
         name="adam",
