@@ -20,6 +20,10 @@ RUNTIME = [
   "tensorboardX",  # training metrics as TensorBoard events, without TensorFlow
   "scipy",
   "safetensors",  # reading user checkpoints without torch (numpy backend)
+  # Video in/out (jhmr.io.video): the imageio-ffmpeg wheel bundles an ffmpeg binary with libx264,
+  # so no system ffmpeg is needed (research/io_formats.md section 7).
+  "imageio",
+  "imageio-ffmpeg",
 ]
 
 # Reference libraries for the equivalence tests and the PyTorch converters. torch is pinned to the

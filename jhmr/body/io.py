@@ -19,6 +19,8 @@ import io
 import os
 import pathlib
 import pickle
+import zipfile
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -219,10 +221,39 @@ def save_body_model_npz(model_dict: Mapping[str, Any], path: str | os.PathLike) 
   np.savez_compressed(path, **out)
 
 
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive
+
+
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """All arrays of an npz asset (no pickled objects are allowed)."""
-  with np.load(path, allow_pickle=False) as data:
-    return {k: data[k] for k in data.files}
+  """All arrays of an npz asset (no pickled objects are allowed).
+
+  A file that is not a readable npz raises ValueError naming the file and the problem (not a zip
+  archive, truncated, corrupt member, pickled object arrays).
+  """
+  path = pathlib.Path(path)
+  with open(path, "rb") as f:
+    magic = f.read(4)
+  if magic not in _ZIP_MAGICS:
+    what = "an empty file" if not magic else "no zip header"
+    raise ValueError(f"{path}: not a valid .npz archive ({what})")
+  key = None
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      out = {}
+      for key in data.files:
+        out[key] = data[key]
+      return out
+  except ValueError as e:
+    if "allow_pickle" in str(e):
+      raise ValueError(
+        f"{path}: array {key!r} holds pickled Python objects, which are not loaded"
+      ) from None
+    raise ValueError(f"{path}: corrupt array {key!r} in the .npz archive: {e}") from None
+  except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+    where = "" if key is None else f" (reading array {key!r})"
+    raise ValueError(
+      f"{path}: not a valid .npz archive, truncated or corrupt{where}: {type(e).__name__}: {e}"
+    ) from None
 
 
 # -- resolution and loading --------------------------------------------------------------------
@@ -282,9 +313,24 @@ def read_body_model_arrays(path: str | os.PathLike) -> dict[str, Any]:
   path = pathlib.Path(path)
   with open(path, "rb") as f:
     magic = f.read(4)
-  if magic.startswith(b"PK"):
+  if magic.startswith(b"PK") or (path.suffix.lower() == ".npz" and magic[:1] != b"\x80"):
     return read_npz(path)
-  return read_smpl_pickle(path)
+  if not magic:
+    raise ValueError(f"{path}: empty file (expected an SMPL .pkl or .npz body model)")
+  try:
+    return read_smpl_pickle(path)
+  except UnsafePickleError as e:
+    raise UnsafePickleError(f"{path}: {e}") from None
+  except EOFError:
+    raise ValueError(f"{path}: not a valid SMPL pickle (truncated)") from None
+  except pickle.UnpicklingError as e:
+    if "truncated" in str(e):
+      raise ValueError(f"{path}: not a valid SMPL pickle (truncated)") from None
+    raise ValueError(f"{path}: not a valid SMPL pickle ({e})") from None
+  except MemoryError:
+    raise
+  except Exception as e:  # garbage bytes can fail inside any opcode: ValueError, TypeError, ...
+    raise ValueError(f"{path}: not a valid SMPL pickle ({type(e).__name__}: {e})") from None
 
 
 def load_body_model(
@@ -307,7 +353,14 @@ def load_body_model(
       files carry none); its sets replace those of the model file.
     dtype: float dtype of the model arrays (np.float64 needs x64 enabled).
   """
-  arrays = dict(read_body_model_arrays(resolve_body_model_path(path, gender)))
+  model_path = resolve_body_model_path(path, gender)
+  arrays = dict(read_body_model_arrays(model_path))
+  missing = [k for k in smpl.REQUIRED_KEYS if k not in arrays]
+  if missing:
+    raise ValueError(
+      f"{model_path}: not an SMPL-format body model, missing key(s) "
+      f"{', '.join(repr(k) for k in missing)}"
+    )
   if joint_sets is not None:
     extra = read_npz(joint_sets)
     keys = [k for k in extra if k.startswith("joint_set.")]
@@ -315,7 +368,10 @@ def load_body_model(
       raise ValueError(f"{joint_sets} holds no joint_set.* arrays")
     arrays = {k: v for k, v in arrays.items() if not k.startswith("joint_set.")}
     arrays.update({k: extra[k] for k in keys})
-  return smpl.build_body_model(arrays, dtype=dtype)
+  try:
+    return smpl.build_body_model(arrays, dtype=dtype)
+  except (ValueError, TypeError, IndexError) as e:
+    raise ValueError(f"{model_path}: invalid body model: {e}") from e
 
 
 def random_body_model_arrays(

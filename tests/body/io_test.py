@@ -209,3 +209,94 @@ def _save_plain(tmp_path, plain):
   path = tmp_path / "plain.npz"
   body_io.save_body_model_npz(plain, path)
   return path
+
+
+# -- bad inputs: a clear ValueError naming the file and the problem -------------------------------
+
+
+def _valid_npz_bytes(tmp_path):
+  path = tmp_path / "valid.npz"
+  body_io.save_body_model_npz(body_io.random_body_model_arrays(0, V), path)
+  return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+  ("name", "content", "problem"),
+  [
+    ("x.npz", "random", "not a valid .npz archive"),
+    ("x.npz", b"Invalid model file\n", "not a valid .npz archive"),
+    ("x.npz", b"", "not a valid .npz archive"),
+    ("x.npz", b"PK" + bytes(range(200)), "not a valid .npz archive"),
+    ("x.npz", "half", "truncated"),
+    ("x.pkl", "random", "not a valid SMPL pickle"),
+    ("x.pkl", b"Invalid model file\n", "not a valid SMPL pickle"),  # was int() ValueError
+    ("x.pkl", b"hello world\n", "not a valid SMPL pickle"),
+    ("x.pkl", b"", "empty file"),
+    ("x.pkl", pickle.dumps({"v_template": np.zeros((300, 3))}, protocol=2)[:500], "truncated"),
+    ("x.pkl", pickle.dumps([1, 2], protocol=2), "holds a dict"),
+  ],
+)
+def test_garbage_files_raise_clear_value_errors(tmp_path, name, content, problem):
+  if content == "random":
+    content = np.random.default_rng(1).bytes(3000)
+  elif content == "half":
+    raw = _valid_npz_bytes(tmp_path)
+    content = raw[: len(raw) // 2]
+  path = tmp_path / name
+  path.write_bytes(content)
+  with pytest.raises(ValueError, match=problem) as err:
+    body_io.load_body_model(path)
+  assert str(path) in str(err.value)
+
+
+def test_missing_key_is_named(tmp_path):
+  arrays = body_io.random_body_model_arrays(0, V)
+  for suffix in ("npz", "pkl"):
+    path = tmp_path / f"x.{suffix}"
+    partial = {k: v for k, v in arrays.items() if k != "v_template"}
+    if suffix == "npz":
+      np.savez(path, **partial)
+    else:
+      path.write_bytes(pickle.dumps(partial, protocol=2))
+    with pytest.raises(ValueError, match="missing key\\(s\\) 'v_template'") as err:
+      body_io.load_body_model(path)
+    assert str(path) in str(err.value)
+
+
+def test_object_arrays_and_bad_shapes_in_npz(tmp_path):
+  path = tmp_path / "objects.npz"
+  np.savez(path, v_template=np.array([{"a": 1}], dtype=object))
+  with pytest.raises(ValueError, match="'v_template' holds pickled Python objects"):
+    body_io.load_body_model(path)
+  arrays = body_io.random_body_model_arrays(0, V)
+  arrays["weights"] = arrays["weights"][:, :5]
+  path = tmp_path / "shapes.npz"
+  np.savez(path, **arrays)
+  with pytest.raises(ValueError, match="shapes.npz: invalid body model: .*'weights'"):
+    body_io.load_body_model(path)
+
+
+def test_corrupt_npz_member_is_reported(tmp_path):
+  raw = bytearray(_valid_npz_bytes(tmp_path))
+  start = raw.index(b"v_template.npy") + 40  # inside the first compressed member
+  raw[start : start + 64] = bytes(64)
+  path = tmp_path / "x.npz"
+  path.write_bytes(bytes(raw))
+  with pytest.raises(ValueError, match="x.npz"):
+    body_io.load_body_model(path)
+
+
+def test_valid_files_still_load_after_checks(tmp_path):
+  raw = _valid_npz_bytes(tmp_path)
+  model = body_io.load_body_model(tmp_path / "valid.npz")
+  assert model.num_vertices == V and raw
+  pkl = tmp_path / "SMPL_NEUTRAL.pkl"
+  pkl.write_bytes(pickle.dumps(body_io.random_body_model_arrays(0, V), protocol=2))
+  assert body_io.load_body_model(pkl).num_vertices == V
+
+
+def test_unsafe_pickle_error_names_the_file(tmp_path):
+  path = tmp_path / "evil.pkl"
+  path.write_bytes(b"cbuiltins\neval\n.")
+  with pytest.raises(body_io.UnsafePickleError, match="evil.pkl: refusing"):
+    body_io.load_body_model(path)
