@@ -63,7 +63,10 @@ def main(argv):
     raise app.UsageError(
       f"program {config.program!r} has no stage {config.stage!r}; valid: {sorted(stages)}"
     )
-  run_stage(config.program, stages, config, _WORKDIR.value)
+  try:
+    run_stage(config.program, stages, config, _WORKDIR.value)
+  except FileNotFoundError as e:  # missing data / models: one readable line, no traceback
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,20 @@ def test_evaluate_stage_refuses_missing_models(tmp_path):
     run_stage("scorehmr", launch.PROGRAMS["scorehmr"](), config, str(tmp_path))
 
 
+def test_missing_dataset_stops_the_launcher_with_one_line(tmp_path):
+  cmd = [
+    sys.executable, "-m", "jhmr.launch", "--config", "configs/scorehmr.py:tiny",
+    "--config.data.source=threedpw", f"--config.data.data_dir={tmp_path / 'tfds'}",
+    f"--config.data.manual_dir={tmp_path / 'nowhere'}", f"--workdir={tmp_path / 'run'}",
+  ]  # fmt: skip
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "nowhere" in last
+  assert "Traceback" not in proc.stderr
+
+
 def test_launch_parses_overrides_and_rejects_unknown_programs(tmp_path):
   cmd = [
     sys.executable,
