@@ -85,21 +85,27 @@ class PersonExample:
 
   @property
   def crop_rotation(self) -> np.ndarray:
-    """`[..., 3, 3]` rotation about the optical axis that the crop applies (0 without rotation
-    augmentation); `crop_rotation @ R(global_orient)` is the root orientation seen in the crop
-    when the principal point is the crop centre (SPIN's convention for rotated crops)."""
-    affine = np.asarray(self.crop_from_image, np.float64)
-    a, b = affine[..., 0, 0], affine[..., 1, 0]
-    norm = np.hypot(a, b)
-    c, s = a / norm, b / norm
-    zero, one = np.zeros_like(c), np.ones_like(c)
-    rows = [[c, -s, zero], [s, c, zero], [zero, zero, one]]
-    return np.stack([np.stack(r, -1) for r in rows], -2)
+    """`[..., 3, 3]` rotation about the optical axis that the crop applies (identity without
+    rotation augmentation); see `crop_rotation`."""
+    return crop_rotation(np.asarray(self.crop_from_image, np.float64))
 
   def rotmat(self) -> np.ndarray:
     """`[..., 24, 3, 3]` rotation matrices, camera-frame global orientation first."""
     pose = np.concatenate([np.asarray(self.global_orient)[..., None, :], self.body_pose], -2)
     return np.asarray(rotations.axis_angle_to_matrix(pose))
+
+
+def crop_rotation(crop_from_image, xp=np):
+  """`[..., 3, 3]` in-plane rotation of crop affines `[..., 2, 3]` (identity without rotation);
+  `crop_rotation @ R(global_orient)` is the root orientation seen in the crop when the principal
+  point is the crop centre (SPIN's convention for rotated crops). `xp`: the array module (`np`,
+  or `jax.numpy` inside a jitted loss)."""
+  a, b = crop_from_image[..., 0, 0], crop_from_image[..., 1, 0]
+  norm = xp.hypot(a, b)
+  c, s = a / norm, b / norm
+  zero, one = xp.zeros_like(c), xp.ones_like(c)
+  rows = [[c, -s, zero], [s, c, zero], [zero, zero, one]]
+  return xp.stack([xp.stack(r, -1) for r in rows], -2)
 
 
 def project_to_crop(example: PersonExample, points: np.ndarray) -> np.ndarray:

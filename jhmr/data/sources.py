@@ -58,6 +58,7 @@ from PIL import Image
 
 from jhmr.data import crops
 from jhmr.data.example import PersonExample
+from jhmr.geometry import cameras
 
 # OpenPose COCO-18 index -> BODY_25 index (BODY_25 adds MidHip at 8 and the feet at 19-24).
 COCO18_TO_BODY25 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
@@ -178,14 +179,6 @@ def fit_crop_camera(points, target, conf, image_size: int) -> np.ndarray:
     lo, hi = xy[i].min(0), xy[i].max(0)
     out[i] = (2.0 / (1.2 * max(hi - lo)), *(-(lo + hi) / 2))
   return out
-
-
-def weak_perspective_translation(cam, focal_length: float, image_size: int) -> np.ndarray:
-  """(s, tx, ty) `[..., 3]` -> the crop camera's translation (tx, ty, 2 f / (S s)) (numpy twin of
-  `jhmr.geometry.cameras.weak_perspective_to_translation`)."""
-  cam = np.asarray(cam, np.float64)
-  depth = 2.0 * focal_length / (image_size * cam[..., 0] + 1e-9)
-  return np.stack([cam[..., 1], cam[..., 2], depth], -1).astype(np.float32)
 
 
 def world_translation_to_camera(root, transl, extrinsics) -> np.ndarray:
@@ -388,7 +381,9 @@ def h36m_example(row, body_model, size: int, focal_length: float = 5000.0) -> Pe
   if has_smpl:
     joints, keypoints = body_points(body_model, betas, body_pose, orient, "openpose25")
     cam = fit_crop_camera(keypoints[None], openpose[None, :, :2], openpose[None, :, 2], size)
-    cam_t = weak_perspective_translation(cam[0], focal_length, size)
+    cam_t = np.asarray(
+      cameras.weak_perspective_to_translation(cam[0], focal_length, size), np.float32
+    )
     joints_3d = joints + cam_t
   return _example(
     image=row["image"], size=size, affine=affine, intrinsics=intrinsics,

@@ -17,6 +17,7 @@ import numpy as np
 
 from jhmr.data import bvh as bvh_lib
 from jhmr.data import mocap
+from jhmr.io.tracks import check_track_arrays
 
 
 def track_to_bvh(
@@ -31,27 +32,18 @@ def track_to_bvh(
   unit: float = 1.0,
 ) -> bvh_lib.Bvh:
   """The `Bvh` that `export_bvh` writes (same arguments)."""
-  betas = np.asarray(betas, np.float32)
-  if betas.ndim != 1:
-    raise ValueError(f"betas must be [B] (one person), got {betas.shape}")
-  out = body_model.joints_only(betas, np.zeros((23, 3), np.float32), np.zeros(3, np.float32))
+  betas, global_orient, body_pose, transl = check_track_arrays(
+    betas, global_orient, body_pose, transl
+  )
+  out = body_model.joints_only(
+    betas.astype(np.float32), np.zeros((23, 3), np.float32), np.zeros(3, np.float32)
+  )
   parents = np.array(body_model.parents, np.int64)
   parents[0] = -1
   skeleton = mocap.Skeleton(rest_joints=np.asarray(out.joints, np.float64), parents=parents)
   motion = mocap.Motion(
-    global_orient=np.asarray(global_orient, np.float64),
-    body_pose=np.asarray(body_pose, np.float64),
-    transl=np.asarray(transl, np.float64),
-    fps=float(fps),
+    global_orient=global_orient, body_pose=body_pose, transl=transl, fps=float(fps)
   )
-  t = motion.global_orient.shape[0]
-  if motion.global_orient.shape != (t, 3) or motion.body_pose.shape != (t, 23, 3):
-    raise ValueError(
-      f"need global_orient [T, 3], body_pose [T, 23, 3], transl [T, 3]; got "
-      f"{motion.global_orient.shape}, {motion.body_pose.shape}, {motion.transl.shape}"
-    )
-  if motion.transl.shape != (t, 3):
-    raise ValueError(f"transl must be [T, 3] = [{t}, 3], got {motion.transl.shape}")
   return mocap.motion_to_bvh(motion, skeleton, order=order, unit=unit)
 
 

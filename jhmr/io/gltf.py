@@ -38,6 +38,8 @@ import struct
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from jhmr.io.tracks import check_track_arrays
+
 GLB_MAGIC = 0x46546C67  # b"glTF" little-endian
 JSON_CHUNK = 0x4E4F534A  # b"JSON"
 BIN_CHUNK = 0x004E4942  # b"BIN\0"
@@ -154,20 +156,10 @@ def build_glb(
   """The bytes of the GLB that `export_glb` writes (same arguments)."""
   if frame not in FRAMES:
     raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
-  global_orient = np.asarray(global_orient, np.float64)
-  body_pose = np.asarray(body_pose, np.float64)
-  transl = np.asarray(transl, np.float64)
+  betas, global_orient, body_pose, transl = check_track_arrays(
+    betas, global_orient, body_pose, transl
+  )
   t = global_orient.shape[0]
-  if (
-    global_orient.shape != (t, 3)
-    or body_pose.shape != (t, 23, 3)
-    or transl.shape != (t, 3)
-    or t < 1
-  ):
-    raise ValueError(
-      "need global_orient [T, 3], body_pose [T, 23, 3], transl [T, 3] with T >= 1; got "
-      f"{global_orient.shape}, {body_pose.shape}, {transl.shape}"
-    )
   if not fps > 0:
     raise ValueError(f"fps must be positive, got {fps}")
   parents = [int(p) for p in body_model.parents]

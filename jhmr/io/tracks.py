@@ -82,6 +82,29 @@ SCOREHMR_FOCAL = 5000.0
 """Focal length (px) of ScoreHMR's exported `cam_trans`."""
 
 
+def check_track_arrays(betas, global_orient, body_pose, transl):
+  """One person's motion as float64 arrays: betas [B], global_orient [T, 3], body_pose
+  [T, 23, 3], transl [T, 3] with T >= 1 (the exporters' input); ValueError naming the shapes."""
+  betas = np.asarray(betas, np.float64)
+  if betas.ndim != 1:
+    raise ValueError(f"betas must be [B] (one person), got {betas.shape}")
+  global_orient, body_pose, transl = (
+    np.asarray(x, np.float64) for x in (global_orient, body_pose, transl)
+  )
+  t = global_orient.shape[0]
+  if (
+    global_orient.shape != (t, 3)
+    or body_pose.shape != (t, 23, 3)
+    or transl.shape != (t, 3)
+    or t < 1
+  ):
+    raise ValueError(
+      "need global_orient [T, 3], body_pose [T, 23, 3], transl [T, 3] with T >= 1; got "
+      f"{global_orient.shape}, {body_pose.shape}, {transl.shape}"
+    )
+  return betas, global_orient, body_pose, transl
+
+
 class TrackFileError(ValueError):
   """A tracker file that cannot be read (corrupt, truncated, wrong layout, no frames)."""
 

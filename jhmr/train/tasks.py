@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jhmr.data.example import crop_rotation
 from jhmr.diffusion.training import diffusion_loss
 from jhmr.geometry import rotations
 from jhmr.train.task import Task
@@ -37,16 +38,6 @@ def normalise_images(images):
   return (jnp.asarray(images, jnp.float32) / 255.0 - 0.5) / 0.25
 
 
-def crop_rotation(crop_from_image):
-  """`[B, 3, 3]` in-plane rotation that crops `[B, 2, 3]` apply (identity without rotation)."""
-  a, b = crop_from_image[:, 0, 0], crop_from_image[:, 1, 0]
-  norm = jnp.hypot(a, b)
-  c, s = a / norm, b / norm
-  zero, one = jnp.zeros_like(c), jnp.ones_like(c)
-  rows = [[c, -s, zero], [s, c, zero], [zero, zero, one]]
-  return jnp.stack([jnp.stack(r, -1) for r in rows], -2)
-
-
 def hmr_targets(batch, body_model, keypoint_set: str = "openpose25") -> dict:
   """What the HMR regressor is trained to predict for a `PersonExample` batch `[B]`.
 
@@ -54,7 +45,7 @@ def hmr_targets(batch, body_model, keypoint_set: str = "openpose25") -> dict:
   [B, NB], joints3d [B, 24, 3] root-centred and rotated like the root (m), keypoints2d [B, K, 2]
   in [-1, 1] crop coordinates, keypoint_conf [B, K].
   """
-  spin = crop_rotation(batch.crop_from_image)
+  spin = crop_rotation(batch.crop_from_image, jnp)
   pose = jnp.concatenate([batch.global_orient[:, None], batch.body_pose], axis=1)
   rotmat = rotations.axis_angle_to_matrix(pose)
   rotmat = rotmat.at[:, 0].set(spin @ rotmat[:, 0])
