@@ -214,12 +214,14 @@ def train_transforms(config, body_model) -> tuple:
   return (augment.default_train_transforms(body_model, **config.augment),)
 
 
-def _predict_source(hmr, variables, source, batch_size: int = 256) -> dict:
-  parts = []
+def _score_training_pairs(hmr, variables, source, batch_size: int = 256):
+  """(regressor features [N, C], true 6D poses [N, 144]) of a source, read once in chunks."""
+  features, poses = [], []
   for start in range(0, len(source), batch_size):
     rows = example_lib.read_rows(source, start, min(start + batch_size, len(source)))
-    parts.append(predict(hmr, variables, rows.image, batch_size))
-  return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+    features.append(np.asarray(predict(hmr, variables, rows.image, batch_size)["features"]))
+    poses.append(synthesis.pose_6d(rows))
+  return np.concatenate(features), np.concatenate(poses)
 
 
 def train_models(config, workdir, sets: ScoreHMRSets, body_model) -> TrainedModels:
@@ -236,12 +238,8 @@ def train_models(config, workdir, sets: ScoreHMRSets, body_model) -> TrainedMode
   task = make_hmr_task(hmr, body_model, sets.train, transforms=train_transforms(config, body_model))
   state = trainer.train(_trainer_config(config, config.regressor), workdir / "regressor", task)
   hmr_vars = {"params": state.ema_params, **state.model_state}
-  features = _predict_source(hmr, hmr_vars, sets.train)["features"]
+  features, pose6d = _score_training_pairs(hmr, hmr_vars, sets.train)
   stats = (features.mean(0), features.std(0) + 1e-6)
-  pose6d = np.concatenate(
-    [synthesis.pose_6d(example_lib.read_rows(sets.train, s, min(s + 1024, len(sets.train))))
-     for s in range(0, len(sets.train), 1024)]
-  )  # fmt: skip
   net = _score_net(config, features.shape[-1])
   source = ArraySource(
     {"pose6d": pose6d, "features": ((features - stats[0]) / stats[1]).astype(np.float32)}
