@@ -120,6 +120,8 @@ class RefineResult:
     keypoint_loss: [num_iters * steps, B] raw keypoint loss at every guided step.
     steps_used: [B] guided steps until convergence (all steps when not converged).
     converged: [B] bool, early-stopped samples.
+    pose_6d_per_iter: [num_iters, B, 144] the estimate after each iteration (the last equals
+      `pose_6d`); with `cam_t_per_iter` [num_iters, B, 3] it shows how guidance moved it.
   """
 
   pose: jnp.ndarray
@@ -130,6 +132,8 @@ class RefineResult:
   keypoint_loss: jnp.ndarray
   steps_used: jnp.ndarray
   converged: jnp.ndarray
+  pose_6d_per_iter: jnp.ndarray
+  cam_t_per_iter: jnp.ndarray
 
 
 def net_from_params(params) -> ScoreNet:
@@ -240,7 +244,14 @@ def refine_arrays(params, obs: Observation, body_model, config: RefineConfig, ne
       x=ddim_invert(eps_fn, c.x, ab, t_start=config.t_start, step_size=config.step_size)
     )
     c, (raw, weighted) = jax.lax.scan(guided_step, c, (jnp.asarray(src), jnp.asarray(dst)))
-    return c, (raw, weighted[-1])
+    return c, (raw, weighted[-1], *_current(c))
+
+  def _current(c: _Carry):
+    """(pose 6D [B, 144], cam_t [B, 3]) as returned if refinement stopped now."""
+    return (
+      jnp.where(c.done[:, None], c.done_x0, c.last_x0),
+      jnp.where(c.done[:, None], c.done_cam, c.cam),
+    )
 
   carry = _Carry(
     x=x_init,
@@ -254,17 +265,21 @@ def refine_arrays(params, obs: Observation, body_model, config: RefineConfig, ne
     step=jnp.zeros((), jnp.int32),
     last_x0=x_init,
   )
-  carry, (raw, per_iter) = jax.lax.scan(outer, carry, None, length=config.num_iters)
-  pose_6d = jnp.where(carry.done[:, None], carry.done_x0, carry.last_x0)
+  carry, (raw, per_iter, pose_iters, cam_iters) = jax.lax.scan(
+    outer, carry, None, length=config.num_iters
+  )
+  pose_6d, cam_t = _current(carry)
   return RefineResult(
     pose=rot6d_pose(pose_6d),
     pose_6d=pose_6d,
     betas=betas,
-    cam_t=jnp.where(carry.done[:, None], carry.done_cam, carry.cam),
+    cam_t=cam_t,
     loss=per_iter,
     keypoint_loss=jnp.reshape(raw, (-1, b)),
     steps_used=carry.steps_used,
     converged=carry.done,
+    pose_6d_per_iter=pose_iters,
+    cam_t_per_iter=cam_iters,
   )
 
 

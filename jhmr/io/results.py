@@ -27,6 +27,8 @@ pairs are unique. Coordinates are in the camera frame of OpenCV: x right, y down
 | `image_size`         | [N, 2]     | int32   | px, (width, height)                                |
 | `joints/<set>`       | [N, K, 3]  | float32 | metres, camera frame (includes `cam_t`)            |
 | `keypoints_2d/<set>` | [N, K, 3]  | float32 | optional; (x, y) px full image, confidence [0, 1]  |
+| `refinement_pose`    | [N,I,24,3] | float32 | optional; axis-angle (rad) per guidance iteration  |
+| `refinement_cam_t`   | [N, I, 3]  | float32 | optional; metres, camera frame, per iteration      |
 | `schema`             | []         | str     | "jhmr.results"                                     |
 | `schema_version`     | []         | int64   | 1                                                  |
 | `metadata`           | []         | str     | JSON object (see below)                            |
@@ -36,6 +38,11 @@ pairs are unique. Coordinates are in the camera frame of OpenCV: x right, y down
 (no NaN / inf): a missing keypoint has confidence 0 (and coordinates 0). The mesh is
 `body_model(global_orient, body_pose, betas).vertices + cam_t`, so a camera-frame point projects
 with `intrinsics` directly.
+
+The optional `refinement_*` pair (both or neither) records a ScoreHMR refinement run: entry 0 is the
+initial estimate, entry i the estimate after guidance iteration i (inversion + guided sampling),
+entry I-1 equals the row's final `global_orient` / `body_pose` / `cam_t`. In `refinement_pose`
+index 0 of the 24 is the global orientation (camera frame), 1..23 the body pose.
 
 `metadata` is a JSON object; `make_metadata` fills the conventional keys: `program`, `config`,
 `body_model` (name of the body model the parameters belong to), `jhmr_version`, `created`
@@ -89,6 +96,18 @@ _KEYPOINTS_DOC = (
   "(x, y) pixels of the full image (origin top-left), confidence in [0, 1] (0 = missing)"
 )
 _DICT_FIELDS = ("joints", "keypoints_2d")
+# Optional fields (both or neither): trailing shape after N (None: free size) and doc.
+_REFINEMENT_FIELDS: dict[str, tuple[tuple[int | None, ...], str]] = {
+  "refinement_pose": (
+    (None, 24, 3),
+    "axis-angle (rad) after each guidance iteration [N, I, 24, 3]; entry 0 = initial estimate, "
+    "joint 0 = global orientation (camera frame)",
+  ),
+  "refinement_cam_t": (
+    (None, 3),
+    "metres, camera frame; camera translation after each guidance iteration [N, I, 3]",
+  ),
+}
 _RESERVED = ("schema", "schema_version", "metadata")
 
 
@@ -192,6 +211,16 @@ def _validate(where: str, values: Mapping[str, Any]) -> dict[str, Any]:
     if field == "joints" and not canon:
       raise _fail(where, "field 'joints' holds no joint set (at least one is required)")
     out[field] = canon
+  given = [name for name in _REFINEMENT_FIELDS if values.get(name) is not None]
+  if given and len(given) != len(_REFINEMENT_FIELDS):
+    raise _fail(where, f"fields {', '.join(_REFINEMENT_FIELDS)} come together (got only {given})")
+  for name, (trailing, _) in _REFINEMENT_FIELDS.items():
+    out[name] = None
+    if given:
+      out[name] = _as_array(where, name, values[name], "float")
+      _check_shape(where, name, out[name], n, trailing)
+  if given and out["refinement_pose"].shape[1] != out["refinement_cam_t"].shape[1]:
+    raise _fail(where, "fields 'refinement_pose' and 'refinement_cam_t' differ in iterations I")
   out["metadata"] = _normalise_metadata(where, values.get("metadata"))
   return out
 
@@ -215,6 +244,8 @@ class Results:
   image_size: np.ndarray  # [N, 2] (width, height) pixels
   joints: Mapping[str, np.ndarray]  # name -> [N, K, 3] metres, camera frame
   keypoints_2d: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # [N, K, 3]
+  refinement_pose: np.ndarray | None = None  # [N, I, 24, 3] axis-angle per guidance iteration
+  refinement_cam_t: np.ndarray | None = None  # [N, I, 3] metres per guidance iteration
   metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
@@ -232,6 +263,11 @@ class Results:
     return int(self.track_id.shape[0])
 
   @property
+  def has_refinement(self) -> bool:
+    """True when the guidance iterations of a refinement run are recorded."""
+    return self.refinement_pose is not None
+
+  @property
   def track_ids(self) -> np.ndarray:
     """Sorted distinct track ids."""
     return np.unique(self.track_id)
@@ -242,6 +278,9 @@ class Results:
     for field in _DICT_FIELDS:
       for key, value in getattr(self, field).items():
         flat[f"{field}/{key}"] = value
+    for name in _REFINEMENT_FIELDS:
+      if getattr(self, name) is not None:
+        flat[name] = getattr(self, name)
     return flat
 
   def __eq__(self, other: object) -> bool:
@@ -306,6 +345,8 @@ def sidecar(results: Results, data_file: str = "") -> dict[str, Any]:
     field = key.split("/", 1)[0]
     if field in _FIELDS:
       doc = _FIELDS[field][2]
+    elif field in _REFINEMENT_FIELDS:
+      doc = _REFINEMENT_FIELDS[field][1]
     else:
       doc = _JOINTS_DOC if field == "joints" else _KEYPOINTS_DOC
     fields[key] = {"shape": list(array.shape), "dtype": str(array.dtype), "doc": doc}
@@ -424,7 +465,7 @@ def load_results(path: str | os.PathLike) -> Results:
     field, sep, name = key.partition("/")
     if field in _DICT_FIELDS and sep:
       values[field][name] = array
-    elif field in _FIELDS and not sep:
+    elif (field in _FIELDS or field in _REFINEMENT_FIELDS) and not sep:
       values[field] = array
     else:
       raise _fail(where, f"unknown field '{key}'")

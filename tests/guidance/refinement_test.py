@@ -103,6 +103,13 @@ def test_refine_equals_a_python_loop_of_the_official_sampler(tiny_body, net_para
   np.testing.assert_allclose(got.pose_6d, want_x0, atol=5e-5, rtol=1e-4)
   np.testing.assert_allclose(got.cam_t, want_cam, atol=1e-4, rtol=1e-5)
   assert not np.any(got.converged)
+  # The per-iteration record: after iteration k it is the official loop stopped after k.
+  assert got.pose_6d_per_iter.shape == (SMALL.num_iters, 6, 144)
+  np.testing.assert_array_equal(got.pose_6d_per_iter[-1], got.pose_6d)
+  np.testing.assert_array_equal(got.cam_t_per_iter[-1], got.cam_t)
+  want_x0, want_cam = _official_loop(net, params, obs, tiny_body, SMALL.replace(num_iters=1))
+  np.testing.assert_allclose(got.pose_6d_per_iter[0], want_x0, atol=5e-5, rtol=1e-4)
+  np.testing.assert_allclose(got.cam_t_per_iter[0], want_cam, atol=1e-4, rtol=1e-5)
 
 
 def test_keypoint_refinement_improves_fit_and_compiles_once(tiny_body, net_params):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import zipfile
@@ -290,3 +291,42 @@ def test_empty_results_round_trip(tmp_path):
   )
   path = results_lib.save_results(tmp_path / "empty.npz", res)
   assert results_lib.load_results(path) == res
+
+
+def _with_refinement(res, iterations=3, seed=1):
+  rng = np.random.default_rng(seed)
+  n = res.num_rows
+  return dataclasses.replace(
+    res,
+    refinement_pose=rng.normal(size=(n, iterations, 24, 3)) * 0.2,
+    refinement_cam_t=rng.normal(size=(n, iterations, 3)) + [0, 0, 5],
+  )
+
+
+def test_refinement_iterations_round_trip(tmp_path):
+  res = _with_refinement(_random_results())
+  assert res.has_refinement and not _random_results().has_refinement
+  path = results_lib.save_results(tmp_path / "out.npz", res)
+  back = results_lib.load_results(path)
+  assert back == res and back.refinement_pose.shape == (res.num_rows, 3, 24, 3)
+  assert back != _random_results()  # the iterations take part in equality
+  side = json.loads((tmp_path / "out.json").read_text())
+  assert side["fields"]["refinement_cam_t"]["shape"] == [res.num_rows, 3, 3]
+
+
+def test_refinement_fields_come_together_with_one_iteration_count():
+  res = _random_results()
+  with pytest.raises(results_lib.ResultsFileError, match="come together"):
+    dataclasses.replace(res, refinement_pose=np.zeros((res.num_rows, 2, 24, 3)))
+  with pytest.raises(results_lib.ResultsFileError, match="differ in iterations"):
+    dataclasses.replace(
+      res,
+      refinement_pose=np.zeros((res.num_rows, 2, 24, 3)),
+      refinement_cam_t=np.zeros((res.num_rows, 3, 3)),
+    )
+  with pytest.raises(results_lib.ResultsFileError, match="refinement_pose.*shape"):
+    dataclasses.replace(
+      res,
+      refinement_pose=np.zeros((res.num_rows, 2, 23, 3)),
+      refinement_cam_t=np.zeros((res.num_rows, 2, 3)),
+    )
