@@ -77,6 +77,56 @@ def read_frames(
   return np.stack(frames), fps_out
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def image_files(directory: str | os.PathLike) -> list[pathlib.Path]:
+  """The image files of a folder (`IMAGE_SUFFIXES`, any case), sorted by name: frame i is the
+  i-th. Raises FileNotFoundError (no folder) or ValueError (no images)."""
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    raise FileNotFoundError(f"image folder {str(directory)!r} not found")
+  files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+  if not files:
+    raise ValueError(f"image folder {str(directory)!r} holds no {'/'.join(IMAGE_SUFFIXES)} files")
+  return files
+
+
+def read_images(directory: str | os.PathLike, max_frames: int | None = None) -> np.ndarray:
+  """The images of a folder (`image_files` order) -> uint8 [T, H, W, 3]; all must share one size.
+
+  Raises:
+    FileNotFoundError / ValueError: no folder, no images, an unreadable image (named), or sizes
+      that differ (the first offending file named).
+  """
+  from PIL import Image, UnidentifiedImageError
+
+  frames = []
+  for path in image_files(directory)[:max_frames]:
+    try:
+      with Image.open(path) as image:
+        frame = np.asarray(image.convert("RGB"), np.uint8)
+    except (OSError, UnidentifiedImageError) as e:
+      raise ValueError(f"cannot read image {str(path)!r}: {e}") from None
+    if frames and frame.shape != frames[0].shape:
+      raise ValueError(
+        f"image {str(path)!r} is {frame.shape[1]}x{frame.shape[0]} px, the folder's first image "
+        f"{frames[0].shape[1]}x{frames[0].shape[0]} px: frames must share one size"
+      )
+    frames.append(frame)
+  return np.stack(frames)
+
+
+def read_video_or_images(
+  path: str | os.PathLike, fps: float | None = None, max_frames: int | None = None
+) -> tuple[np.ndarray, float | None]:
+  """A video file (`read_frames`) or a folder of images (`read_images`; fps is then `fps` as
+  given, None when not given) -> (frames uint8 [T, H, W, 3], fps)."""
+  if pathlib.Path(path).is_dir():
+    return read_images(path, max_frames), fps
+  return read_frames(path, fps, max_frames)
+
+
 def _check_frames(frames, name: str = "frames") -> np.ndarray:
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[-1] != 3:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pathlib
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -42,3 +43,30 @@ def restore(manager: ocp.CheckpointManager, abstract_state):
   )
   restored = manager.restore(step, args=args)
   return restored.state, restored.data
+
+
+def restore_params(directory, field: str = "ema_params") -> dict:
+  """`{'params': <field of the newest checkpoint's state>}` under `directory` (a trainer workdir,
+  e.g. `runs/x/score_model`, or its `checkpoints/` folder), restored without knowing the model:
+  orbax rebuilds the saved tree as host arrays.
+
+  Raises:
+    FileNotFoundError: no checkpoint there. KeyError: the state has no `field`.
+  """
+  directory = pathlib.Path(directory).expanduser().absolute()
+  if (directory / "checkpoints").is_dir():
+    directory = directory / "checkpoints"
+  if not directory.is_dir():
+    raise FileNotFoundError(f"checkpoint directory {str(directory)!r} not found")
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+  with manager:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {str(directory)!r}")
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  state = restored.state
+  if field not in state:
+    raise KeyError(
+      f"checkpoint {str(directory)!r} step {step} has no {field!r} (has {sorted(state)})"
+    )
+  return {"params": jax.tree.map(np.asarray, state[field])}

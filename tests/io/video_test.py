@@ -104,3 +104,27 @@ def test_side_by_side():
   np.testing.assert_array_equal(out[:, :, 64:], right)
   with pytest.raises(ValueError, match="equal"):
     video.side_by_side(left, right[:, :, :32])
+
+
+def test_image_folder_reads_in_name_order_and_names_bad_files(tmp_path):
+  from PIL import Image
+
+  frames = np.random.default_rng(0).integers(0, 255, (3, 6, 8, 3), dtype=np.uint8)
+  for i, frame in zip((10, 2, 7), frames):  # name order != write order
+    Image.fromarray(frame).save(tmp_path / f"f{i:03d}.png")
+  (tmp_path / "notes.txt").write_text("not an image")
+  got, fps = video.read_video_or_images(tmp_path, fps=12.0)
+  np.testing.assert_array_equal(got, frames[[1, 2, 0]])
+  assert fps == 12.0
+  Image.fromarray(frames[0][:4]).save(tmp_path / "f999.png")
+  with pytest.raises(ValueError, match="f999.png.*share one size"):
+    video.read_images(tmp_path)
+  (tmp_path / "f999.png").write_bytes(b"garbage")
+  with pytest.raises(ValueError, match="cannot read image.*f999.png"):
+    video.read_images(tmp_path)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(ValueError, match="holds no"):
+    video.read_images(empty)
+  with pytest.raises(FileNotFoundError):
+    video.read_images(tmp_path / "missing")

@@ -236,3 +236,22 @@ def test_batch_spec_of_person_examples():
   assert spec.image.shape == (5, 8, 8, 3) and spec.image.dtype == np.uint8
   assert spec.keypoints_2d["heat"].shape == (5, 4, 4) and spec.group.shape == (5,)
   assert spec.group.dtype == np.int32 and not spec.occlusion.any()
+
+
+def test_restore_params_reads_the_ema_without_the_model(reference, tmp_path):
+  from jhmr.train import checkpoint
+
+  workdir, flat = reference
+  for where in (workdir, workdir / "checkpoints"):
+    got = checkpoint.restore_params(where)
+    leaves = jax.tree_util.tree_flatten_with_path(got["params"])[0]
+    assert len(leaves) == sum(k.startswith("ema_params/") for k in flat)
+    for path, leaf in leaves:
+      key = "ema_params/" + "/".join(str(getattr(p, "key", p)) for p in path)
+      np.testing.assert_array_equal(leaf, flat[key])
+  with pytest.raises(FileNotFoundError, match="not found"):
+    checkpoint.restore_params(tmp_path / "missing")
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    checkpoint.restore_params(tmp_path)
+  with pytest.raises(KeyError, match="no 'nope'"):
+    checkpoint.restore_params(workdir, field="nope")
