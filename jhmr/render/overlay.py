@@ -32,7 +32,7 @@ def to_uint8(image) -> np.ndarray:
   return np.round(np.clip(np.nan_to_num(image), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _palette(n: int) -> np.ndarray:
+def palette(n: int) -> np.ndarray:
   """n distinct saturated RGB colours (uint8 [n, 3]) around the hue circle."""
   hue = np.arange(n) / max(n, 1)
   k = (np.array([5.0, 3.0, 1.0])[None] + hue[:, None] * 6.0) % 6.0
@@ -77,7 +77,7 @@ def draw_keypoints(
   if conf.shape != (k,):
     raise ValueError(f"conf must be [K={k}], got shape {conf.shape}")
   visible = (conf > threshold) & np.all(np.isfinite(kp), axis=-1)
-  colors = _palette(k) if colors is None else np.asarray(colors, np.uint8).reshape(k, 3)
+  colors = palette(k) if colors is None else np.asarray(colors, np.uint8).reshape(k, 3)
   h, w = img.shape[:2]
   radius = max(1.5, min(h, w) / 100.0) if radius is None else float(radius)
   line_width = max(1, int(round(radius / 2))) if line_width is None else int(line_width)
