@@ -14,7 +14,8 @@ A COCO keypoint-results file (MMPose, the COCO evaluation format) is one JSON li
 `{"image_id", "category_id": 1, "keypoints": 17 x (x, y, v), "score"}`, v being the keypoint score
 (MMPose) or 1; MMPose adds `bbox` [x, y, w, h].
 
-Every reading error is a ValueError naming the file and the problem.
+Every reading error is a ValueError naming the file and the problem. `write_openpose` writes
+BODY_25 detections in OpenPose's layout (used for the `refine` example).
 """
 
 from __future__ import annotations
@@ -208,6 +209,85 @@ def read_openpose(path_or_dir: str | os.PathLike, joint_set: str = "openpose25")
     hand_left=part_arrays.get("hand_left"),
     hand_right=part_arrays.get("hand_right"),
   )
+
+
+_EMPTY_PERSON_KEYS = (
+  "face_keypoints_2d",
+  "hand_left_keypoints_2d",
+  "hand_right_keypoints_2d",
+  "pose_keypoints_3d",
+  "face_keypoints_3d",
+  "hand_left_keypoints_3d",
+  "hand_right_keypoints_3d",
+)
+
+
+def write_openpose(
+  directory: str | os.PathLike,
+  people_per_frame,
+  frame_names=None,
+  person_ids=None,
+) -> list[pathlib.Path]:
+  """Writes OpenPose BODY_25 detections as one `<name>_keypoints.json` per frame.
+
+  The layout is OpenPose 1.3's (io_formats.md §1): `{"version": 1.3, "people": [...]}`, each
+  person with `person_id` (a one-element list, -1 without tracking), `pose_keypoints_2d` as 75
+  flat x, y, c numbers (image px, a missing point 0, 0, 0), and the face / hand 2D keys and the
+  four `*_3d` keys as empty lists (parts that were not run).
+
+  Args:
+    directory: output directory (created).
+    people_per_frame: a sequence over frames of arrays [P, 25, 3] (x, y, confidence) in BODY_25
+      order; P may differ between frames and may be 0.
+    frame_names: file stems, one per frame; default `<12-digit frame index>`.
+    person_ids: a sequence over frames of [P] ints (OpenPose's `person_id`); default -1.
+
+  Returns:
+    The written paths, in frame order.
+
+  Raises:
+    ValueError: a frame that is not [P, 25, 3], non-finite values, or names / ids that do not
+      match the frames.
+  """
+  directory = pathlib.Path(directory)
+  frames = list(people_per_frame)
+  if frame_names is None:
+    frame_names = [f"{i:012d}" for i in range(len(frames))]
+  frame_names = [str(n) for n in frame_names]
+  if len(frame_names) != len(frames):
+    raise ValueError(f"{len(frame_names)} frame names for {len(frames)} frames")
+  if len(set(frame_names)) != len(frame_names):
+    raise ValueError("frame names must be unique")
+  if person_ids is not None and len(person_ids) != len(frames):
+    raise ValueError(f"person_ids covers {len(person_ids)} frames, expected {len(frames)}")
+  documents = []
+  for f, people in enumerate(frames):
+    people = np.asarray(people, np.float64)
+    if people.size == 0 and people.shape[-2:] != (25, 3):
+      people = people.reshape(0, 25, 3)
+    if people.ndim != 3 or people.shape[1:] != (25, 3):
+      raise ValueError(
+        f"frame {f} ({frame_names[f]}): people must be [P, 25, 3] (BODY_25 x, y, c), "
+        f"got shape {people.shape}"
+      )
+    if not np.all(np.isfinite(people)):
+      raise ValueError(f"frame {f} ({frame_names[f]}): keypoints have NaN or infinite values")
+    ids = [-1] * len(people) if person_ids is None else [int(i) for i in person_ids[f]]
+    if len(ids) != len(people):
+      raise ValueError(f"frame {f}: {len(ids)} person ids for {len(people)} people")
+    entries = []
+    for pid, person in zip(ids, people, strict=True):
+      entry = {"person_id": [pid], "pose_keypoints_2d": [float(v) for v in person.reshape(-1)]}
+      entry.update({key: [] for key in _EMPTY_PERSON_KEYS})
+      entries.append(entry)
+    documents.append({"version": 1.3, "people": entries})
+  directory.mkdir(parents=True, exist_ok=True)
+  paths = []
+  for name, document in zip(frame_names, documents, strict=True):
+    path = directory / f"{name}_keypoints.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    paths.append(path)
+  return paths
 
 
 def to_observation_keypoints(

@@ -64,6 +64,7 @@ import lzma
 import os
 import pathlib
 import pickle
+import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -461,6 +462,173 @@ def read_phalp(path: str | os.PathLike, joint_set: str = "openpose25") -> Tracks
   return Tracks(tracks, joint_set, frame_names, image_size, focal, "phalp")
 
 
+def _phalp_square_uv(xy: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Image px [..., 2] -> [0, 1] of the centred max(H, W) square (the inverse of the reader's
+  `_phalp_keypoints` mapping)."""
+  h, w = size
+  s = max(h, w)
+  return (xy + np.asarray([(s - w) / 2.0, (s - h) / 2.0])) / s
+
+
+def write_phalp(
+  path: str | os.PathLike,
+  tracks: Tracks,
+  image_size: tuple[int, int] | None = None,
+  frame_names: Sequence[str] | None = None,
+  *,
+  joints_2d: Mapping[int, np.ndarray] | None = None,
+) -> pathlib.Path:
+  """Writes tracks as a PHALP / 4D-Humans tracking pickle (`joblib.dump(..., compress=3)`).
+
+  joblib is needed to write (it is imported here) but never to read: `read_phalp` parses the
+  file without it. The layout is the one `read_phalp` documents (io_formats.md §3): one frame
+  dict per frame index from 0 to the last tracked frame (or over all `frame_names`), keyed by
+  its frame name, with `time`, `shot` (the step of the shot id at this frame, so the reader's
+  cumulative sum gives the tracks' `shots` back), `frame_path`, and per-track lists aligned
+  with `tid` (every track in the frame is in `tracked_ids`): `bbox` / `tracked_bbox` [x, y, w, h],
+  `smpl` (rotation matrices `global_orient` (1, 3, 3), `body_pose` (23, 3, 3), `betas`),
+  `camera` (translation for the PHALP focal 5000 * max(H, W) / 256), `camera_bbox`, `center` /
+  `scale` (box centre and size), `size` [H, W], `2d_joints` (90,), `extra_data` (25, 3) BODY_25
+  keypoints px (as ScoreHMR's tracker), `img_path`, `img_name`, `class_name`, `conf`,
+  `tracked_time` and `annotations`. Not written: `mask`, `3d_joints` and the render-only keys.
+
+  Args:
+    path: the `.pkl` to write (atomically: a temporary file in the same directory, renamed).
+    tracks: the tracks; keypoints are converted from `tracks.joint_set` to BODY_25. If
+      `tracks.focal_length` is set and differs from the PHALP focal, translations are converted
+      by scaling their depth by PHALP focal / focal (same projection of the origin, same scale).
+      `observed` is not stored (every written frame reads back as observed).
+    image_size: (H, W) px; default `tracks.image_size` (one of them is required).
+    frame_names: name of each frame index; default `tracks.frame_names` if it covers every
+      tracked frame, else `<6-digit index>.jpg`.
+    joints_2d: track id -> [T, 25, 2] BODY_25 projections (image px) of the estimated body for
+      `2d_joints`; default: the track's keypoint positions. The first 25 of the 45 joints are
+      stored in [0, 1] of the padded max(H, W) square, the other 20 are 0.
+
+  Returns:
+    The path written.
+
+  Raises:
+    ValueError: no image size, a frame name list shorter than the tracked frames, tracks that
+      disagree on the shot of a frame, or malformed `joints_2d`.
+  """
+  import joblib  # noqa: PLC0415 (writing only)
+
+  from jhmr.io import joint_maps  # noqa: PLC0415
+
+  path = pathlib.Path(path)
+  size = image_size if image_size is not None else tracks.image_size
+  if size is None:
+    raise ValueError("write_phalp needs image_size (H, W): the tracks do not carry one")
+  h, w = (int(v) for v in size)
+  focal = PHALP_FOCAL * max(h, w) / PHALP_RENDER_RES
+  depth_scale = 1.0 if tracks.focal_length is None else focal / float(tracks.focal_length)
+  last = max((int(t.frames[-1]) for t in tracks if len(t)), default=-1)
+  names = tuple(frame_names if frame_names is not None else tracks.frame_names)
+  if frame_names is None and len(names) <= last:
+    names = ()
+  if not names:
+    names = tuple(f"{i:06d}.jpg" for i in range(last + 1))
+  if len(names) <= last:
+    raise ValueError(f"{len(names)} frame names for tracked frames up to index {last}")
+  if len(set(names)) != len(names):
+    raise ValueError("frame names must be unique")
+  num_frames = len(names)
+  data = {
+    name: {"time": t, "shot": 0, "frame_path": name, **{k: [] for k in _PHALP_LIST_KEYS}}
+    for t, name in enumerate(names)
+  }
+  shot_of = np.full(num_frames, -1, np.int64)
+  for track in tracks:
+    kp = np.asarray(track.keypoints, np.float32)
+    if tracks.joint_set != "openpose25":
+      kp = np.asarray(joint_maps.convert(kp, tracks.joint_set, "openpose25"), np.float32)
+    proj = kp[..., :2] if joints_2d is None else np.asarray(joints_2d[track.track_id], np.float32)
+    if proj.shape != (len(track), 25, 2):
+      raise ValueError(
+        f"joints_2d of track {track.track_id} must be [{len(track)}, 25, 2], got {proj.shape}"
+      )
+    go = np.asarray(rotations.axis_angle_to_matrix(jnp.asarray(track.global_orient, jnp.float32)))
+    bp = np.asarray(rotations.axis_angle_to_matrix(jnp.asarray(track.body_pose, jnp.float32)))
+    uv = np.zeros((len(track), 45, 2), np.float32)
+    uv[:, :25] = _phalp_square_uv(proj, (h, w))
+    for i, t in enumerate(np.asarray(track.frames, np.int64)):
+      shot = int(track.shots[i])
+      if shot_of[t] >= 0 and shot_of[t] != shot:
+        raise ValueError(f"frame {t}: tracks disagree on its shot ({shot_of[t]} vs {shot})")
+      shot_of[t] = shot
+      x1, y1, x2, y2 = (float(v) for v in track.boxes[i])
+      box = np.asarray([x1, y1, x2 - x1, y2 - y1], np.float32)
+      translation = np.asarray(track.translation[i], np.float32).copy()
+      translation[2] *= depth_scale
+      frame = data[names[t]]
+      frame["tid"].append(int(track.track_id))
+      frame["tracked_ids"].append(int(track.track_id))
+      entry = {
+        "bbox": box,
+        "tracked_bbox": box.copy(),
+        "tracked_time": 0,
+        "center": np.asarray([(x1 + x2) / 2, (y1 + y2) / 2], np.float32),
+        "scale": np.asarray([x2 - x1, y2 - y1], np.float32),
+        "size": [h, w],
+        "img_path": names[t],
+        "img_name": pathlib.PurePath(names[t]).name,
+        "class_name": np.int64(0),
+        "conf": np.float32(1.0),
+        "annotations": [],
+        "smpl": {
+          "global_orient": go[i].reshape(1, 3, 3).astype(np.float32),
+          "body_pose": bp[i].astype(np.float32),
+          "betas": np.asarray(track.betas[i], np.float32),
+        },
+        "camera": translation,
+        "camera_bbox": np.asarray(track.crop_camera[i], np.float32),
+        "2d_joints": uv[i].reshape(90),
+        "extra_data": kp[i],
+      }
+      for key, value in entry.items():
+        frame[key].append(value)
+  # Shot flags: the step of the shot id, carried over frames without tracks.
+  previous = 0
+  for t, name in enumerate(names):
+    shot = int(shot_of[t]) if shot_of[t] >= 0 else previous
+    data[name]["shot"] = shot - previous
+    previous = shot
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  os.close(fd)
+  try:
+    joblib.dump(data, tmp, compress=3)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+_PHALP_LIST_KEYS = (
+  "tid",
+  "tracked_ids",
+  "bbox",
+  "tracked_bbox",
+  "tracked_time",
+  "center",
+  "scale",
+  "size",
+  "img_path",
+  "img_name",
+  "class_name",
+  "conf",
+  "annotations",
+  "smpl",
+  "camera",
+  "camera_bbox",
+  "2d_joints",
+  "extra_data",
+)
+
+
 def _load_json(path: pathlib.Path) -> Any:
   try:
     return json.loads(path.read_text(encoding="utf-8"))
@@ -676,6 +844,7 @@ __all__: Sequence[str] = (
   "SafeJoblibUnpickler",
   "load_joblib",
   "read_phalp",
+  "write_phalp",
   "read_scorehmr_tracks",
   "drop_low_confidence",
   "filter_tracks",
