@@ -37,8 +37,14 @@ def _body_demo():
   return {"all": Stage(body_demo.run)}
 
 
+def _refine():
+  from jhmr.pipelines import refine
+
+  return refine.STAGES
+
+
 # config.program -> its stages (imported on use: a program's heavy imports stay out of the others).
-PROGRAMS = {"scorehmr": _scorehmr, "body_demo": _body_demo}
+PROGRAMS = {"scorehmr": _scorehmr, "body_demo": _body_demo, "refine": _refine}
 
 
 def main(argv):

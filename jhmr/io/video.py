@@ -77,7 +77,7 @@ def read_frames(
   return np.stack(frames), fps_out
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def image_files(directory: str | os.PathLike) -> list[pathlib.Path]:
@@ -92,6 +92,17 @@ def image_files(directory: str | os.PathLike) -> list[pathlib.Path]:
   return files
 
 
+def read_image(path: str | os.PathLike) -> np.ndarray:
+  """One image file -> uint8 RGB [H, W, 3] (grey and RGBA converted); ValueError naming it."""
+  from PIL import Image, UnidentifiedImageError
+
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert("RGB"), np.uint8)
+  except (OSError, UnidentifiedImageError) as e:
+    raise ValueError(f"cannot read image {str(path)!r}: {e}") from None
+
+
 def read_images(directory: str | os.PathLike, max_frames: int | None = None) -> np.ndarray:
   """The images of a folder (`image_files` order) -> uint8 [T, H, W, 3]; all must share one size.
 
@@ -99,15 +110,9 @@ def read_images(directory: str | os.PathLike, max_frames: int | None = None) -> 
     FileNotFoundError / ValueError: no folder, no images, an unreadable image (named), or sizes
       that differ (the first offending file named).
   """
-  from PIL import Image, UnidentifiedImageError
-
   frames = []
   for path in image_files(directory)[:max_frames]:
-    try:
-      with Image.open(path) as image:
-        frame = np.asarray(image.convert("RGB"), np.uint8)
-    except (OSError, UnidentifiedImageError) as e:
-      raise ValueError(f"cannot read image {str(path)!r}: {e}") from None
+    frame = read_image(path)
     if frames and frame.shape != frames[0].shape:
       raise ValueError(
         f"image {str(path)!r} is {frame.shape[1]}x{frame.shape[0]} px, the folder's first image "

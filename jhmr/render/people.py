@@ -7,6 +7,7 @@ a person's slot that is empty in a frame is marked by `present` False and is not
 
 from __future__ import annotations
 
+import colorsys
 import functools
 
 import jax
@@ -14,19 +15,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from jhmr.render import rasterizer, shading
-from jhmr.render.overlay import palette
 
 
 def person_colors(num: int) -> np.ndarray:
-  """[num, 3] float RGB in [0, 1]: light, distinct colours (track k gets colour k % num)."""
-  return 0.55 + 0.45 * palette(num).astype(np.float32) / 255.0
+  """[num, 3] float RGB in [0, 1]: light, distinct colours; person k always gets the same one
+  (golden-ratio hue steps), whatever `num` is."""
+  hues = (0.58 + 0.618034 * np.arange(num)) % 1.0
+  return np.asarray([colorsys.hsv_to_rgb(h, 0.45, 0.95) for h in hues], np.float32).reshape(-1, 3)
 
 
-@functools.partial(jax.jit, static_argnames=("image_size",))
+@functools.partial(jax.jit, static_argnames=("image_size", "alpha"))
 def render_people(
-  vertices, present, faces, focal_length, camera_center, backgrounds, colors, *, image_size
-):
-  """Composites P meshes per image over backgrounds.
+  vertices, present, faces, focal_length, camera_center, backgrounds, colors, alpha=1.0, *,
+  image_size,
+):  # fmt: skip
+  """Composites P meshes per image over backgrounds (one depth test across people).
 
   Args:
     vertices: [B, P, V, 3] camera-frame vertices (metres).
@@ -35,6 +38,7 @@ def render_people(
     focal_length: [B, 2] (fx, fy) px. camera_center: [B, 2] (cx, cy) px.
     backgrounds: [B, H, W, 3] uint8 or float in [0, 1].
     colors: [P, 3] RGB in [0, 1], one per slot.
+    alpha: static mesh opacity in [0, 1].
     image_size: static (H, W).
 
   Returns:
@@ -43,10 +47,11 @@ def render_people(
   b, p, v, _ = vertices.shape
   hidden = jnp.asarray([0.0, 0.0, -1.0], vertices.dtype)  # behind the near plane: never drawn
   verts = jnp.where(present[..., None, None], vertices, hidden).reshape(b, p * v, 3)
-  all_faces = (jnp.asarray(faces)[None] + v * jnp.arange(p)[:, None, None]).reshape(-1, 3)
+  faces = jnp.asarray(faces)
+  all_faces = (faces[None] + v * jnp.arange(p, dtype=faces.dtype)[:, None, None]).reshape(-1, 3)
   frags = rasterizer.rasterize(
     verts, all_faces, focal_length, camera_center, image_size, smooth_normals=True
   )
-  vertex_colors = jnp.broadcast_to(jnp.repeat(jnp.asarray(colors), v, axis=0), (b, p * v, 3))
-  color = rasterizer.interpolate(frags, all_faces, vertex_colors)
-  return shading.overlay_mesh(backgrounds, frags, color=color)
+  person = jnp.clip(frags.face_ids // faces.shape[0], 0, p - 1)  # [B, H, W] who is seen
+  color = jnp.asarray(colors, jnp.float32)[person]
+  return shading.overlay_mesh(backgrounds, frags, color=color, alpha=alpha)
