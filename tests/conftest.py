@@ -28,7 +28,13 @@ REFERENCES = (
   "ema_pytorch",
   "tensorflow",
   "safetensors",
+  "selenium",
+  "nbclient",
+  "ipykernel",
 )
+# The real browser of the viewer test (Debian's packages chromium and chromium-driver); the test
+# skips without it, and with JHMR_REQUIRE_REFERENCES=1 its absence stops the run.
+BROWSER = ("/usr/bin/chromium", "/usr/bin/chromedriver")
 REQUIRE_REFERENCES = os.environ.get("JHMR_REQUIRE_REFERENCES", "") == "1"
 
 
@@ -42,6 +48,12 @@ def pytest_configure(config):
       raise pytest.UsageError(
         f"JHMR_REQUIRE_REFERENCES=1 but reference libraries are not installed: {', '.join(missing)}"
         ' (pip install -e ".[test]")'
+      )
+    absent = [path for path in BROWSER if not os.access(path, os.X_OK)]
+    if absent:
+      raise pytest.UsageError(
+        f"JHMR_REQUIRE_REFERENCES=1 but the viewer's browser test lacks {', '.join(absent)} "
+        "(apt-get install chromium chromium-driver)"
       )
 
 
