@@ -69,9 +69,11 @@ def main(argv):
     raise app.UsageError(
       f"program {config.program!r} has no stage {config.stage!r}; valid: {sorted(stages)}"
     )
+  from jhmr.errors import InputError
+
   try:
     run_stage(config.program, stages, config, _WORKDIR.value)
-  except FileNotFoundError as e:  # missing data / models: one readable line, no traceback
+  except (FileNotFoundError, InputError) as e:  # the user's files: one readable line
     sys.exit(f"error: {e}")
 
 

@@ -36,6 +36,7 @@ def test_tiny_variant_runs_end_to_end(path, tmp_path):
   from jhmr.pipelines.stages import run_stage
 
   config = _load(path).get_config("tiny")
+  config.lock()  # as the launcher's --config flag holds it
   assert config.program in launch.PROGRAMS, f"{path.name}: program {config.program!r} unknown"
   run_stage(config.program, launch.PROGRAMS[config.program](), config, str(tmp_path))
   assert any(tmp_path.iterdir()), "the run wrote nothing"

@@ -28,6 +28,7 @@ import numpy as np
 
 from jhmr.body import joints as joints_lib
 from jhmr.body import smpl
+from jhmr.errors import InputError
 
 ASSETS_DIR = pathlib.Path(__file__).resolve().parent / "assets"
 NAMED_MODELS = {
@@ -40,7 +41,7 @@ GENDERS = {"neutral": ("NEUTRAL", "neutral"), "male": ("MALE", "m"), "female": (
 ROOT_PARENT = 4294967295
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, InputError):
   """A pickle references a global outside the SMPL allow-list."""
 
 
@@ -181,7 +182,7 @@ def read_smpl_pickle(path_or_bytes: str | os.PathLike | bytes) -> dict[str, Any]
   with stream:
     data = SafeSmplUnpickler(stream, encoding="latin1").load()
   if not isinstance(data, dict):
-    raise ValueError(f"an SMPL pickle holds a dict, got {type(data).__name__}")
+    raise InputError(f"an SMPL pickle holds a dict, got {type(data).__name__}")
   return {str(k): _plain(v) for k, v in data.items()}
 
 
@@ -197,7 +198,7 @@ def save_body_model_npz(model_dict: Mapping[str, Any], path: str | os.PathLike) 
   out: dict[str, np.ndarray] = {}
   for key in smpl.REQUIRED_KEYS:
     if key not in model_dict:
-      raise ValueError(f"model_dict is missing {key!r}")
+      raise InputError(f"model_dict is missing {key!r}")
   for key, value in model_dict.items():
     value = np.asarray(value)
     if key == "f":
@@ -211,7 +212,7 @@ def save_body_model_npz(model_dict: Mapping[str, Any], path: str | os.PathLike) 
     elif key in smpl.REQUIRED_KEYS or key.startswith("joint_set."):
       out[key] = value.astype(np.float32)
     else:
-      raise ValueError(f"unknown key {key!r} for a body model asset")
+      raise InputError(f"unknown key {key!r} for a body model asset")
   if "kintree_table" not in out:
     parents = np.array(joints_lib.SMPL_PARENTS, np.int64)
     parents[0] = ROOT_PARENT
@@ -235,7 +236,7 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     magic = f.read(4)
   if magic not in _ZIP_MAGICS:
     what = "an empty file" if not magic else "no zip header"
-    raise ValueError(f"{path}: not a valid .npz archive ({what})")
+    raise InputError(f"{path}: not a valid .npz archive ({what})")
   key = None
   try:
     with np.load(path, allow_pickle=False) as data:
@@ -245,13 +246,13 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
       return out
   except ValueError as e:
     if "allow_pickle" in str(e):
-      raise ValueError(
+      raise InputError(
         f"{path}: array {key!r} holds pickled Python objects, which are not loaded"
       ) from None
-    raise ValueError(f"{path}: corrupt array {key!r} in the .npz archive: {e}") from None
+    raise InputError(f"{path}: corrupt array {key!r} in the .npz archive: {e}") from None
   except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
     where = "" if key is None else f" (reading array {key!r})"
-    raise ValueError(
+    raise InputError(
       f"{path}: not a valid .npz archive, truncated or corrupt{where}: {type(e).__name__}: {e}"
     ) from None
 
@@ -282,12 +283,12 @@ def resolve_body_model_path(
 ) -> pathlib.Path:
   """The model file for `path` (see `load_body_model`)."""
   if gender not in GENDERS:
-    raise ValueError(f"gender must be one of {sorted(GENDERS)}, got {gender!r}")
+    raise InputError(f"gender must be one of {sorted(GENDERS)}, got {gender!r}")
   if path is None:
     path = "anny"
   if isinstance(path, str) and path in NAMED_MODELS:
     if gender != "neutral":
-      raise ValueError(f"the {path!r} model is gender-neutral only, got gender={gender!r}")
+      raise InputError(f"the {path!r} model is gender-neutral only, got gender={gender!r}")
     if not NAMED_MODELS[path].is_file():
       raise FileNotFoundError(f"shipped body model {path!r} not found at {NAMED_MODELS[path]}")
     return NAMED_MODELS[path]
@@ -316,17 +317,17 @@ def read_body_model_arrays(path: str | os.PathLike) -> dict[str, Any]:
   if magic.startswith(b"PK") or (path.suffix.lower() == ".npz" and magic[:1] != b"\x80"):
     return read_npz(path)
   if not magic:
-    raise ValueError(f"{path}: empty file (expected an SMPL .pkl or .npz body model)")
+    raise InputError(f"{path}: empty file (expected an SMPL .pkl or .npz body model)")
   try:
     return read_smpl_pickle(path)
   except UnsafePickleError as e:
     raise UnsafePickleError(f"{path}: {e}") from None
   except EOFError:
-    raise ValueError(f"{path}: not a valid SMPL pickle (truncated)") from None
+    raise InputError(f"{path}: not a valid SMPL pickle (truncated)") from None
   except pickle.UnpicklingError as e:
     if "truncated" in str(e):
-      raise ValueError(f"{path}: not a valid SMPL pickle (truncated)") from None
-    raise ValueError(f"{path}: not a valid SMPL pickle ({e})") from None
+      raise InputError(f"{path}: not a valid SMPL pickle (truncated)") from None
+    raise InputError(f"{path}: not a valid SMPL pickle ({e})") from None
   except MemoryError:
     raise
   except Exception as e:  # garbage bytes can fail inside any opcode: ValueError, TypeError, ...

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from jhmr.errors import InputError
+
 # Schedule buffers that DDPM-style PyTorch code (guided-diffusion, CompVis ldm, ScoreHMR) registers
 # on the model and therefore saves in checkpoints. They hold no weights: converters check or skip
 # them.
@@ -34,7 +36,7 @@ DDPM_SCHEDULE_BUFFERS = (
 )
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError):
   """A checkpoint does not match the model it is being loaded into."""
 
 

@@ -25,11 +25,13 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from jhmr.errors import InputError
+
 _ROTATION_CHANNELS = {"Xrotation": "X", "Yrotation": "Y", "Zrotation": "Z"}
 _POSITION_CHANNELS = {"Xposition": 0, "Yposition": 1, "Zposition": 2}
 
 
-class BvhError(ValueError):
+class BvhError(InputError):
   """A BVH file is malformed (the message names the file, the line and the problem)."""
 
 

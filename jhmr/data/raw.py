@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from jhmr.body import io as body_io
+from jhmr.errors import InputError
 
 
-class RawDataError(ValueError):
+class RawDataError(InputError):
   """A raw dataset file is malformed; the message names the file and the problem."""
 
 

@@ -69,6 +69,8 @@ from typing import Any
 
 import numpy as np
 
+from jhmr.errors import InputError
+
 SCHEMA_NAME = "jhmr.results"
 SCHEMA_VERSION = 1
 
@@ -111,7 +113,7 @@ _REFINEMENT_FIELDS: dict[str, tuple[tuple[int | None, ...], str]] = {
 _RESERVED = ("schema", "schema_version", "metadata")
 
 
-class ResultsFileError(ValueError):
+class ResultsFileError(InputError):
   """A results file or a `Results` value that does not follow the schema."""
 
 

@@ -73,6 +73,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jhmr.body import io as body_io
+from jhmr.errors import InputError
 from jhmr.geometry import rotations
 
 UnsafePickleError = body_io.UnsafePickleError
@@ -106,7 +107,7 @@ def check_track_arrays(betas, global_orient, body_pose, transl):
   return betas, global_orient, body_pose, transl
 
 
-class TrackFileError(ValueError):
+class TrackFileError(InputError):
   """A tracker file that cannot be read (corrupt, truncated, wrong layout, no frames)."""
 
 

@@ -36,6 +36,7 @@ import dataclasses
 import pathlib
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import scipy.optimize
 from absl import logging
@@ -43,6 +44,7 @@ from absl import logging
 from jhmr.body import load_body_model
 from jhmr.data import synthesis
 from jhmr.diffusion.schedules import make_alphas_cumprod
+from jhmr.errors import InputError
 from jhmr.geometry import cameras, rotations
 from jhmr.guidance.losses import rot6d_pose
 from jhmr.guidance.observation import Observation
@@ -127,7 +129,7 @@ def view_inputs(config, workdir) -> tuple[list[ViewInput], object | None]:
   given = {k: _split(inputs[k]) for k in ("tracks", "keypoints", "video")}
   if not given["tracks"]:
     if given["keypoints"] or given["video"]:
-      raise ValueError("config.inputs.tracks is required when keypoints or video are given")
+      raise InputError("config.inputs.tracks is required when keypoints or video are given")
     from jhmr.pipelines import refine_example  # noqa: PLC0415 (renders: only for the example)
 
     ex = config.example
@@ -145,7 +147,7 @@ def view_inputs(config, workdir) -> tuple[list[ViewInput], object | None]:
   n = len(given["tracks"])
   for key in ("keypoints", "video"):
     if given[key] and len(given[key]) != n:
-      raise ValueError(
+      raise InputError(
         f"config.inputs.{key} lists {len(given[key])} cameras, config.inputs.tracks {n}"
       )
   pad = lambda xs: xs or [""] * n  # noqa: E731
@@ -159,7 +161,7 @@ def track_format(path: str, fmt: str = "auto") -> str:
   name holds 'wham' -> wham, another .pkl -> phalp."""
   if fmt != "auto":
     if fmt not in TRACK_READERS:
-      raise ValueError(f"unknown tracks_format {fmt!r}; valid: auto, {', '.join(TRACK_READERS)}")
+      raise InputError(f"unknown tracks_format {fmt!r}; valid: auto, {', '.join(TRACK_READERS)}")
     return fmt
   p = pathlib.Path(path)
   if p.is_dir():
@@ -168,7 +170,7 @@ def track_format(path: str, fmt: str = "auto") -> str:
     return "gvhmr"
   if p.suffix == ".pkl":
     return "wham" if "wham" in p.name.lower() else "phalp"
-  raise ValueError(f"{path}: cannot tell the tracks format; set config.inputs.tracks_format")
+  raise InputError(f"{path}: cannot tell the tracks format; set config.inputs.tracks_format")
 
 
 def read_tracks(path: str, fmt: str = "auto") -> tracks.Tracks:
@@ -241,11 +243,23 @@ def attach_keypoints(track_list, detections: dict[int, np.ndarray], min_iou: flo
 
 
 def load_view(index: int, source: ViewInput, config) -> View:
-  """Reads one camera's files and prepares its tracklets (`config.tracks`, `config.camera`)."""
+  """Reads one camera's files and prepares its tracklets (`config.tracks`, `config.camera`).
+
+  A file that cannot be used raises `InputError` naming it (the readers' ValueErrors become
+  one, so the launcher prints them as one line)."""
+  try:
+    return _load_view(index, source, config)
+  except InputError:
+    raise
+  except ValueError as e:
+    raise InputError(str(e)) from e
+
+
+def _load_view(index: int, source: ViewInput, config) -> View:
   read = read_tracks(source.tracks, config.inputs.tracks_format)
   track_list = list(read)
   if not track_list:
-    raise ValueError(f"{source.tracks}: no tracks")
+    raise InputError(f"{source.tracks}: no tracks")
   if source.keypoints:
     track_list = attach_keypoints(track_list, _detections(source.keypoints), config.inputs.min_iou)
     read = dataclasses.replace(read, tracks=tuple(track_list))
@@ -255,7 +269,7 @@ def load_view(index: int, source: ViewInput, config) -> View:
   )
   if not tracklets:
     lengths = {tr.track_id: len(tr) for tr in track_list}
-    raise ValueError(
+    raise InputError(
       f"{source.tracks}: no track is longer than config.tracks.min_length={t.min_length} frames "
       f"with a shot longer than min_shot_length={t.min_shot_length} (track lengths: {lengths})"
     )
@@ -269,13 +283,13 @@ def load_view(index: int, source: ViewInput, config) -> View:
   elif config.camera.image_size:
     size = tuple(int(s) for s in config.camera.image_size)
   else:
-    raise ValueError(
+    raise InputError(
       f"{source.tracks}: the image size is unknown; give config.inputs.video or "
       "config.camera.image_size=(W, H)"
     )
   focal = float(config.camera.focal_length or (read.focal_length or 0))
   if not focal > 0:
-    raise ValueError(
+    raise InputError(
       f"{source.tracks}: the focal length is unknown; set config.camera.focal_length"
     )
   return View(
@@ -355,7 +369,7 @@ def train_prior(config, workdir, body_model) -> dict:
   task = make_score_task(
     net, ArraySource({"pose6d": pose6d.astype(np.float32)}), make_alphas_cumprod("cosine", 1000)
   )
-  tc = p.trainer.copy_and_resolve_references()
+  tc = ml_collections.ConfigDict(p.trainer.to_dict())  # the launcher's config is locked
   tc.seed = config.seed
   state = trainer.train(tc, pathlib.Path(workdir) / "score_model", task)
   return {"params": state.ema_params}
@@ -427,9 +441,9 @@ def refine_views(
 ) -> tuple[Rows, Observation, RefineResult]:
   """Builds the observation of every camera and refines it with `config.task`'s guidance."""
   if config.task not in TASKS:
-    raise ValueError(f"unknown config.task {config.task!r}; valid: {', '.join(TASKS)}")
+    raise InputError(f"unknown config.task {config.task!r}; valid: {', '.join(TASKS)}")
   if config.task == "multiview" and len(views) < 2:
-    raise ValueError("config.task='multiview' needs >= 2 cameras (comma-separated inputs)")
+    raise InputError("config.task='multiview' needs >= 2 cameras (comma-separated inputs)")
   rows, obs = rows_and_observation(views, config.task, body_model)
   refine_config = refine_config_for(config.task, config.refine[config.task])
   logging.info("refining %d rows (%s guidance)", len(rows.frame), config.task)

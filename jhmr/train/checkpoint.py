@@ -13,6 +13,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jhmr.errors import InputError
+
 
 def make_manager(directory, *, keep: int = 2, asynchronous: bool = True) -> ocp.CheckpointManager:
   """A CheckpointManager under `directory` (created) keeping the `keep` newest checkpoints."""
@@ -51,7 +53,8 @@ def restore_params(directory, field: str = "ema_params") -> dict:
   orbax rebuilds the saved tree as host arrays.
 
   Raises:
-    FileNotFoundError: no checkpoint there. KeyError: the state has no `field`.
+    FileNotFoundError: no checkpoint there. InputError: it cannot be read. KeyError: the state
+    has no `field`.
   """
   directory = pathlib.Path(directory).expanduser().absolute()
   if (directory / "checkpoints").is_dir():
@@ -63,7 +66,14 @@ def restore_params(directory, field: str = "ema_params") -> dict:
     step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {str(directory)!r}")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    except Exception as e:  # noqa: BLE001 - orbax / tensorstore raise many kinds for bad bytes
+      problem = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+      raise InputError(
+        f"checkpoint {str(directory)!r} step {step} cannot be read (truncated or corrupt?): "
+        f"{type(e).__name__}: {problem}"
+      ) from None
   state = restored.state
   if field not in state:
     raise KeyError(

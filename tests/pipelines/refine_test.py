@@ -202,3 +202,77 @@ def test_contiguous_runs_split_at_gaps():
   )
   runs = refine_outputs.contiguous_runs(res, 1)
   assert [r.tolist() for r in runs] == [[1, 2, 0], [3]]
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+  from jhmr.pipelines import refine_example
+
+  config = _config()
+  ex = config.example
+  return refine_example.make_example(
+    tmp_path_factory.mktemp("example"), body_model=config.body_model, num_people=ex.num_people,
+    num_frames=ex.num_frames, image_size=tuple(ex.image_size), fps=ex.fps,
+  )  # fmt: skip
+
+
+def _user_config(example, **inputs):
+  config = _config()
+  config.inputs.update(
+    tracks=str(example.tracks), keypoints=str(example.openpose_dir), video=str(example.video)
+  )
+  config.inputs.update(**inputs)
+  return config
+
+
+def test_bad_user_files_are_input_errors_naming_the_file(example, tmp_path):
+  from jhmr.errors import InputError
+
+  source = lambda config: refine.view_inputs(config, tmp_path)[0][0]  # noqa: E731
+  view = refine.load_view(0, source(_user_config(example)), _user_config(example))
+  assert [len(t) for t in view.tracklets] == [example.num_frames] * 2
+  assert view.frames.shape[0] == example.num_frames
+  # Malformed OpenPose JSON.
+  bad_kp = tmp_path / "openpose"
+  bad_kp.mkdir()
+  (bad_kp / "000000_keypoints.json").write_text('{"version": 1.3, "people": [')
+  config = _user_config(example, keypoints=str(bad_kp))
+  with pytest.raises(InputError, match="000000_keypoints.json"):
+    refine.load_view(0, source(config), config)
+  # A keypoint file with the wrong joint count.
+  (bad_kp / "000000_keypoints.json").write_text(
+    '{"version": 1.3, "people": [{"pose_keypoints_2d": [1, 2, 0.5, 3, 4, 0.5]}]}'
+  )
+  with pytest.raises(InputError, match="000000_keypoints.json"):
+    refine.load_view(0, source(config), config)
+  # A video that cannot be decoded.
+  (tmp_path / "broken.mp4").write_bytes(example.video.read_bytes()[:300])
+  config = _user_config(example, video=str(tmp_path / "broken.mp4"))
+  with pytest.raises(InputError, match="broken.mp4"):
+    refine.load_view(0, source(config), config)
+  # A pickle carrying a foreign global: refused by name, nothing runs.
+  import pickle
+
+  evil = tmp_path / "evil.pkl"
+  evil.write_bytes(pickle.dumps({"x": dataclasses.replace}))
+  config = _user_config(example, tracks=str(evil), keypoints="")
+  with pytest.raises(InputError, match="dataclasses"):
+    refine.load_view(0, source(config), config)
+  # Tracks too short for the demo's thresholds: the lengths are named.
+  config = _user_config(example)
+  config.tracks.min_length = 100
+  with pytest.raises(InputError, match=r"min_length=100.*track lengths"):
+    refine.load_view(0, source(config), config)
+
+
+def test_launcher_prints_a_corrupt_tracks_file_in_one_line(example, tmp_path):
+  broken = tmp_path / "tracks.pkl"
+  broken.write_bytes(example.tracks.read_bytes()[:200])
+  cmd = [
+    sys.executable, "-m", "jhmr.launch", "--config", "configs/refine.py:tiny",
+    "--workdir", str(tmp_path / "run"), f"--config.inputs.tracks={broken}",
+  ]  # fmt: skip
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and str(broken) in last

@@ -255,3 +255,16 @@ def test_restore_params_reads_the_ema_without_the_model(reference, tmp_path):
     checkpoint.restore_params(tmp_path)
   with pytest.raises(KeyError, match="no 'nope'"):
     checkpoint.restore_params(workdir, field="nope")
+  # A corrupt checkpoint is an InputError naming the directory and step.
+  import shutil
+
+  from jhmr.errors import InputError
+
+  broken = tmp_path / "broken"
+  shutil.copytree(workdir / "checkpoints", broken / "checkpoints")
+  step = _latest_checkpoint(broken)
+  for f in (broken / "checkpoints" / str(step) / "state").iterdir():
+    if f.is_file() and f.name != "commit_success.txt":
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  with pytest.raises(InputError, match=f"broken/checkpoints.*step {step} cannot be read"):
+    checkpoint.restore_params(broken)
