@@ -61,7 +61,6 @@ import datetime
 import json
 import os
 import pathlib
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -70,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from jhmr.errors import InputError
+from jhmr.io.files import atomic_path
 
 SCHEMA_NAME = "jhmr.results"
 SCHEMA_VERSION = 1
@@ -365,19 +365,6 @@ def sidecar(results: Results, data_file: str = "") -> dict[str, Any]:
   }
 
 
-def _write_temp(directory: pathlib.Path, name: str, write) -> str:
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-  except BaseException:
-    os.unlink(tmp)
-    raise
-  return tmp
-
-
 def save_results(path: str | os.PathLike, results: Results) -> pathlib.Path:
   """Writes `path` (.npz) and its JSON sidecar atomically; returns `path`.
 
@@ -394,18 +381,10 @@ def save_results(path: str | os.PathLike, results: Results) -> pathlib.Path:
   arrays["schema_version"] = np.array(SCHEMA_VERSION, dtype=np.int64)
   arrays["metadata"] = np.array(json.dumps(results.metadata, allow_nan=False, sort_keys=True))
   side = json.dumps(sidecar(results, path.name), indent=2, allow_nan=False) + "\n"
-  directory = path.parent if str(path.parent) else pathlib.Path(".")
-  temps: list[str] = []
-  try:
-    temps.append(_write_temp(directory, path.name, lambda f: np.savez_compressed(f, **arrays)))
-    json_path = sidecar_path(path)
-    temps.append(_write_temp(directory, json_path.name, lambda f: f.write(side.encode())))
-    os.replace(temps[0], path)
-    os.replace(temps[1], json_path)
-  finally:
-    for tmp in temps:
-      if os.path.exists(tmp):
-        os.unlink(tmp)
+  with atomic_path(path) as data_tmp, atomic_path(sidecar_path(path)) as json_tmp:
+    with open(data_tmp, "wb") as f:
+      np.savez_compressed(f, **arrays)
+    pathlib.Path(json_tmp).write_text(side)
   return path
 
 

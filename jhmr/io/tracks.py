@@ -64,7 +64,6 @@ import lzma
 import os
 import pathlib
 import pickle
-import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -75,6 +74,7 @@ import numpy as np
 from jhmr.body import io as body_io
 from jhmr.errors import InputError
 from jhmr.geometry import rotations
+from jhmr.io.files import atomic_path
 
 UnsafePickleError = body_io.UnsafePickleError
 PHALP_FOCAL = 5000.0
@@ -595,16 +595,8 @@ def write_phalp(
     shot = int(shot_of[t]) if shot_of[t] >= 0 else previous
     data[name]["shot"] = shot - previous
     previous = shot
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  os.close(fd)
-  try:
+  with atomic_path(path) as tmp:
     joblib.dump(data, tmp, compress=3)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
   return path
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 
 import numpy as np
+
+from jhmr.io.files import atomic_path
 
 FFMPEG_PLUGIN = "ffmpeg"
 
@@ -163,10 +164,7 @@ def write_mp4(path: str | os.PathLike, frames, fps: float = 30.0, *, crf: int = 
     raise ValueError("write_mp4 needs at least one frame")
   if not fps > 0:
     raise ValueError(f"fps must be positive, got {fps}")
-  path = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.mp4", dir=path.parent or ".")
-  os.close(fd)
-  try:
+  with atomic_path(path, suffix=".tmp.mp4") as tmp:
     writer = iio.get_writer(
       tmp,
       FFMPEG_PLUGIN,
@@ -183,11 +181,6 @@ def write_mp4(path: str | os.PathLike, frames, fps: float = 30.0, *, crf: int = 
         writer.append_data(frame)
     finally:
       writer.close()
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def side_by_side(left, right) -> np.ndarray:
