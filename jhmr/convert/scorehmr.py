@@ -146,5 +146,6 @@ def convert_checkpoint(ckpt: Mapping[str, Any], net: ScoreNet | None = None, *, 
 
 
 def load_checkpoint(path: str | pathlib.Path, net: ScoreNet | None = None, *, entry="ema"):
-  """Reads `model-100.pt` with `torch.load(weights_only=True)` and converts its `entry`."""
-  return convert_checkpoint(load_torch_file(path), net, entry=entry)
+  """Reads `model-100.pt` (restricted unpickler, `jhmr.convert.torch_pickle`, kind "scorehmr")
+  and converts its `entry`."""
+  return convert_checkpoint(load_torch_file(path, "scorehmr"), net, entry=entry)

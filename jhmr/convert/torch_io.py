@@ -1,8 +1,8 @@
 """Reading PyTorch checkpoints safely: safetensors (no torch needed) or torch pickles.
 
-torch pickles are only ever opened with `torch.load(..., weights_only=True)`, which refuses to
-construct arbitrary objects. torch is imported lazily, inside the function that needs it, so
-jhmr's runtime never depends on it.
+torch pickles are read by `jhmr.convert.torch_pickle.load_checkpoint`, a restricted unpickler that
+builds tensors as numpy arrays and refuses, by name, any global outside an explicit allow-list
+(torch is not needed). Never `torch.load(weights_only=False)`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from jhmr.convert.common import to_numpy
+from jhmr.convert import torch_pickle
 
 _TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # File names diffusers / transformers write, in order of preference.
@@ -26,15 +26,19 @@ _WEIGHT_NAMES = (
 )
 
 
-def load_torch_file(path: str | pathlib.Path) -> dict[str, Any]:
+def load_torch_file(
+  path: str | pathlib.Path, allowed_globals: Mapping[str, Any] | str = "tensors"
+) -> dict[str, Any]:
   """Loads a whole checkpoint file as a (possibly nested) dict of numpy arrays / python values.
 
   `.safetensors` is read with the numpy backend; `.bin/.pt/.pth/.ckpt` with
-  `torch.load(weights_only=True)`.
+  `torch_pickle.load_checkpoint(path, allowed_globals)` (a `CHECKPOINT_KINDS` name or a mapping;
+  the default allows tensors, state dicts, numpy scalars and builtins only).
 
   Raises:
     FileNotFoundError: the file does not exist.
-    ValueError: unknown suffix or a file torch refuses to load safely.
+    ValueError: unknown suffix, an unreadable file (`CheckpointError`), or a global outside the
+      allow-list (`UnsafePickleError`, naming it).
   """
   path = pathlib.Path(path)
   if not path.is_file():
@@ -44,27 +48,11 @@ def load_torch_file(path: str | pathlib.Path) -> dict[str, Any]:
 
     return dict(load_file(str(path)))
   if path.suffix in _TORCH_SUFFIXES:
-    import torch
-
-    try:
-      obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError & co. for unsafe content
-      raise ValueError(f"{path}: cannot be loaded safely with weights_only=True ({e})") from e
-    return _tensors_to_numpy(obj)
+    return torch_pickle.load_checkpoint(path, allowed_globals)
   raise ValueError(
     f"{path}: unknown checkpoint suffix {path.suffix!r}; expected .safetensors "
     f"or one of {_TORCH_SUFFIXES}"
   )
-
-
-def _tensors_to_numpy(obj: Any) -> Any:
-  if isinstance(obj, Mapping):
-    return {k: _tensors_to_numpy(v) for k, v in obj.items()}
-  if isinstance(obj, list | tuple):
-    return type(obj)(_tensors_to_numpy(v) for v in obj)
-  if hasattr(obj, "detach"):
-    return to_numpy(obj)
-  return obj
 
 
 def flat_arrays(state: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -21,12 +21,10 @@ GVHMR `hmr4d_results.pt` (`read_gvhmr`), documented (io_formats.md:159-165):
   * the model is SMPL-X: the 63 values are 21 body joints, the betas are SMPL-X betas.
   * the demo re-encodes the input at 30 fps.
   Returned: the `smpl_params_incam` estimate (camera frame) as one track. torch is never
-  imported: the zip's `data.pkl` is read with a restricted unpickler that resolves only
-  `torch._utils._rebuild_tensor_v2`, the typed `torch.*Storage` classes and
-  `collections.OrderedDict` (tensor hooks), plus the numpy allow-list of `jhmr.io.tracks`;
-  storages are read raw from `<archive>/data/<key>` (little-endian assumed: a `byteorder` entry
-  other than "little" is refused). The torch zip layout itself is not in the notes (assumed from
-  torch's serialization format). Legacy (non-zip) torch pickles are refused.
+  imported: the file is read by `jhmr.convert.torch_pickle.load_checkpoint` with its "tensors"
+  allow-list (tensors as numpy arrays, OrderedDict, numpy scalars; any other global raises
+  `UnsafePickleError` naming it). The torch file layout itself is not in the notes (assumed from
+  torch's serialization format).
   Assumed (not in the notes): one person, track id 0; frame index = row index of the 30 fps
   video; the SMPL-X body pose (21 joints) is padded with zero rotations for SMPL's two hand
   joints (22, 23) to fill `Track.body_pose` [T,23,3] -- the betas stay SMPL-X betas (not
@@ -44,13 +42,12 @@ import io as _io
 import math
 import os
 import pathlib
-import pickle
-import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from jhmr.convert import torch_pickle
 from jhmr.io import tracks as tracks_lib
 from jhmr.io.tracks import Track, TrackFileError, Tracks, UnsafePickleError
 
@@ -95,93 +92,18 @@ def _load_wham(path: str | os.PathLike) -> Any:
     ) from None
 
 
-_TORCH_DTYPES = {
-  "DoubleStorage": np.float64,
-  "FloatStorage": np.float32,
-  "HalfStorage": np.float16,
-  "LongStorage": np.int64,
-  "IntStorage": np.int32,
-  "ShortStorage": np.int16,
-  "CharStorage": np.int8,
-  "ByteStorage": np.uint8,
-  "BoolStorage": np.bool_,
-}
-
-
-class _StorageType:
-  def __init__(self, dtype):
-    self.dtype = np.dtype(dtype)
-
-
-def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, *rest):
-  del requires_grad, hooks, rest
-  size = tuple(int(s) for s in size)
-  itemsize = storage.dtype.itemsize
-  if not size:
-    return np.array(storage[int(offset)])
-  view = np.lib.stride_tricks.as_strided(
-    storage[int(offset) :], shape=size, strides=tuple(int(s) * itemsize for s in stride)
-  )
-  return np.array(view)
-
-
-class _TorchUnpickler(pickle.Unpickler):
-  def __init__(self, stream, archive: zipfile.ZipFile, prefix: str):
-    super().__init__(stream, encoding="latin1")
-    self._archive = archive
-    self._prefix = prefix
-
-  def find_class(self, module: str, name: str) -> Any:
-    if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-      return _rebuild_tensor_v2
-    if module == "torch" and name in _TORCH_DTYPES:
-      return _StorageType(_TORCH_DTYPES[name])
-    if (module, name) == ("collections", "OrderedDict"):
-      return dict
-    key = (tracks_lib._PY2_MODULES.get(module, module), name)
-    if key in tracks_lib._ALLOWED and key[0].startswith("numpy"):
-      return tracks_lib._ALLOWED[key]
-    raise UnsafePickleError(f"refusing to load global {module}.{name} from a torch file")
-
-  def persistent_load(self, pid):
-    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-      raise UnsafePickleError(f"unsupported torch persistent id {pid!r}")
-    _, storage_type, key, _, numel = pid
-    if not isinstance(storage_type, _StorageType):
-      raise UnsafePickleError(f"unsupported torch storage type {storage_type!r}")
-    data = self._archive.read(f"{self._prefix}data/{key}")
-    array = np.frombuffer(data, dtype=storage_type.dtype.newbyteorder("<"))
-    if array.size < int(numel):
-      raise EstimateFileError(f"storage {key} truncated")
-    return array.astype(storage_type.dtype)
-
-
 def load_torch_zip(path: str | os.PathLike) -> Any:
-  """Loads a `torch.save` zip file of tensors (as numpy arrays) and builtins without torch."""
+  """Loads a `torch.save` file of tensors (as numpy arrays) and builtins without torch.
+
+  The reader is `jhmr.convert.torch_pickle.load_checkpoint` with its "tensors" allow-list; a file
+  it cannot read raises `EstimateFileError` naming the file.
+  """
   try:
-    archive = zipfile.ZipFile(path)
-  except (OSError, zipfile.BadZipFile) as e:
-    raise EstimateFileError(
-      f"{path}: not a torch zip file ({type(e).__name__}: {e}); legacy torch pickles are not "
-      "supported"
-    ) from None
-  with archive:
-    pkls = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
-    if len(pkls) != 1:
-      raise EstimateFileError(f"{path}: no single <archive>/data.pkl in the torch zip")
-    prefix = pkls[0][: -len("data.pkl")]
-    if f"{prefix}byteorder" in archive.namelist():
-      order = archive.read(f"{prefix}byteorder").decode("ascii", "replace").strip()
-      if order != "little":
-        raise EstimateFileError(f"{path}: byteorder {order!r} is not supported")
-    try:
-      return _TorchUnpickler(_io.BytesIO(archive.read(pkls[0])), archive, prefix).load()
-    except UnsafePickleError as e:
-      raise UnsafePickleError(f"{path}: {e}") from None
-    except EstimateFileError as e:
-      raise EstimateFileError(f"{path}: {e}") from None
-    except Exception as e:
-      raise EstimateFileError(f"{path}: unreadable data.pkl ({type(e).__name__}: {e})") from None
+    return torch_pickle.load_checkpoint(path, torch_pickle.TENSORS)
+  except FileNotFoundError as e:
+    raise EstimateFileError(f"{path}: cannot read ({e})") from None
+  except torch_pickle.CheckpointError as e:
+    raise EstimateFileError(str(e)) from None
 
 
 # -- readers ------------------------------------------------------------------------------------
