@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.random_hidden = 16
     config.random_blocks = 1
     config.batch_size = 4
-    config.max_batches = 2
+    config.max_batches = 1
     small = dict(t_start=4, step_size=2, num_iters=1)
     config.refine = dict(keypoints=dict(small), multiview=dict(small), video=dict(small))
   return config

@@ -43,8 +43,19 @@ def _refine():
   return refine.STAGES
 
 
+def _scorehmr_paper():
+  from jhmr.pipelines import scorehmr_paper
+
+  return scorehmr_paper.STAGES
+
+
 # config.program -> its stages (imported on use: a program's heavy imports stay out of the others).
-PROGRAMS = {"scorehmr": _scorehmr, "body_demo": _body_demo, "refine": _refine}
+PROGRAMS = {
+  "scorehmr": _scorehmr,
+  "body_demo": _body_demo,
+  "refine": _refine,
+  "scorehmr_paper": _scorehmr_paper,
+}
 
 
 def main(argv):
