@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from jhmr.convert import torch_pickle
-from jhmr.io import tracks as tracks_lib
+from jhmr.io import joblib_pickle
 from jhmr.io.tracks import Track, TrackFileError, Tracks, UnsafePickleError
 
 
@@ -66,8 +66,8 @@ def _defaultdict(factory=None, *args):
   return {}
 
 
-class _WhamUnpickler(tracks_lib.SafeJoblibUnpickler):
-  dispatch = tracks_lib.SafeJoblibUnpickler.dispatch
+class _WhamUnpickler(joblib_pickle.SafeJoblibUnpickler):
+  dispatch = joblib_pickle.SafeJoblibUnpickler.dispatch
 
   def find_class(self, module: str, name: str) -> Any:
     if (module, name) == ("collections", "defaultdict"):
@@ -83,7 +83,7 @@ def _load_wham(path: str | os.PathLike) -> Any:
   except OSError as e:
     raise EstimateFileError(f"{path}: cannot read ({e})") from None
   try:
-    return _WhamUnpickler(_io.BytesIO(tracks_lib._decompress(raw))).load()
+    return _WhamUnpickler(_io.BytesIO(joblib_pickle._decompress(raw))).load()
   except UnsafePickleError as e:
     raise UnsafePickleError(f"{path}: {e}") from None
   except Exception as e:

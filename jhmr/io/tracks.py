@@ -24,17 +24,8 @@ PHALP / 4D-Humans pickle (`read_phalp`), documented:
   * shot ids are the cumulative sum of the per-frame `shot` flags in `time` order.
   * frames are ordered by `time`; a frame dict without `time` is an error.
 
-Unpickling is restricted: only numpy dtypes / arrays / scalars and joblib's array wrapper
-(`joblib.numpy_pickle.NumpyArrayWrapper`, replaced by an inert stand-in whose raw array bytes
-are read here) are resolved; any other global raises `UnsafePickleError` naming it before
-anything is called. joblib itself is never imported. The joblib array layout (joblib 1.6):
-the wrapper is pickled (state: subclass, shape, order, dtype, allow_mmap,
-numpy_array_alignment_bytes), and right after its BUILD opcode come, for a non-object dtype,
-one byte holding a padding length, that many padding bytes (absent for joblib <= 1.1 files,
-which lack the alignment attribute), then the array's bytes in `order`; an object-dtype array is
-instead a nested protocol-2 pickle (read with the same restrictions). Compressed containers are
-recognised by their magic bytes: zlib, gzip, bz2, xz, lzma (lz4 only if the `lz4` package is
-installed). Pre-0.10 joblib files (`ZF` prefix / companion files) are refused.
+Unpickling is restricted (`jhmr.io.joblib_pickle`): numpy arrays and plain containers only; any
+other global raises `UnsafePickleError` naming it before anything is called.
 
 ScoreHMR per-track JSON (`read_scorehmr_tracks`), documented: `track_preds/<seq>/<tid:03d>/`
 holds `<stem>_smpl.json` (keys `betas` (10), `body_pose` (23x3 axis-angle), `global_orient` (3),
@@ -46,25 +37,15 @@ size in px (a scalar: square box, or (w, h)); the frame index of a stem is its p
 sorted set of all frame names (stems of every track and the shot file's keys); frames missing
 from the shot file get shot 0; without `box_center` boxes are NaN and `focal_length` is None.
 
-Track handling (scorehmr.md §6; thresholds are parameters): keypoints with confidence < 0.4 are
-dropped; at most 5 tracks each longer than 40 frames; shots of <= 20 frames are skipped; gaps are
-filled by SLERP (rotations) / linear interpolation. Assumed: the 5 kept tracks are the longest
-(ties: lower id); a track's length is its number of frames; a dropped keypoint is (0, 0, 0)
-(OpenPose's missing point).
+ScoreHMR's track handling (filters, shots, gap filling) is `jhmr.io.track_handling`.
 """
 
 from __future__ import annotations
 
-import bz2
 import dataclasses
-import gzip
-import io as _io
 import json
-import lzma
 import os
 import pathlib
-import pickle
-import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -75,6 +56,7 @@ from jhmr.body import io as body_io
 from jhmr.errors import InputError
 from jhmr.geometry import rotations
 from jhmr.io.files import atomic_path
+from jhmr.io.joblib_pickle import JoblibFileError, load_joblib
 
 UnsafePickleError = body_io.UnsafePickleError
 PHALP_FOCAL = 5000.0
@@ -192,163 +174,6 @@ class Tracks:
     return iter(self.tracks)
 
 
-# -- restricted joblib unpickling -----------------------------------------------------------------
-
-
-class _JoblibArrayWrapper:
-  """Inert stand-in for `joblib.numpy_pickle.NumpyArrayWrapper`: it only stores its state."""
-
-  _KEYS = {"subclass", "shape", "order", "dtype", "allow_mmap", "numpy_array_alignment_bytes"}
-
-  def __setstate__(self, state):
-    if not isinstance(state, dict) or not {"shape", "order", "dtype"} <= set(state):
-      raise UnsafePickleError("joblib NumpyArrayWrapper without shape / order / dtype")
-    unknown = set(state) - self._KEYS
-    if unknown:
-      raise UnsafePickleError(f"joblib NumpyArrayWrapper with unknown state {sorted(unknown)}")
-    self.__dict__.update(state)
-
-
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-  # The numpy part of the SMPL allow-list (arrays, dtypes, scalars) plus joblib's array wrapper.
-  allowed = {k: v for k, v in body_io._allowed_globals().items() if k[0].split(".")[0] == "numpy"}
-  allowed[("_codecs", "encode")] = body_io._allowed_globals()[("_codecs", "encode")]
-  allowed[("joblib.numpy_pickle", "NumpyArrayWrapper")] = _JoblibArrayWrapper
-  return allowed
-
-
-_ALLOWED = _allowed_globals()
-_PY2_MODULES = {"copy_reg": "copyreg", "__builtin__": "builtins"}
-
-
-class SafeJoblibUnpickler(pickle._Unpickler):
-  """Restricted unpickler for joblib files: numpy arrays / dtypes / scalars and joblib's array
-  wrapper (whose raw bytes it reads itself); any other global raises `UnsafePickleError`.
-
-  The pure-Python unpickler is used because the wrapper is resolved at its BUILD opcode.
-  """
-
-  dispatch = pickle._Unpickler.dispatch.copy()
-
-  def __init__(self, stream, depth: int = 0):
-    super().__init__(stream, encoding="latin1")
-    self._stream = stream
-    self._depth = depth
-
-  def find_class(self, module: str, name: str) -> Any:
-    module = _PY2_MODULES.get(module, module)
-    try:
-      return _ALLOWED[(module, name)]
-    except KeyError:
-      raise UnsafePickleError(
-        f"refusing to load global {module}.{name} from a tracker pickle (only numpy arrays, "
-        "dtypes, scalars and joblib's NumpyArrayWrapper are allowed)"
-      ) from None
-
-  def load_build(self):
-    pickle._Unpickler.load_build(self)
-    if isinstance(self.stack[-1], _JoblibArrayWrapper):
-      self.stack[-1] = self._read_array(self.stack[-1])
-
-  dispatch[pickle.BUILD[0]] = load_build
-
-  def _read_exact(self, n: int) -> bytes:
-    data = self._stream.read(n)
-    if len(data) != n:
-      raise EOFError(f"array data truncated: wanted {n} bytes, got {len(data)}")
-    return data
-
-  def _read_array(self, w: _JoblibArrayWrapper) -> np.ndarray:
-    dtype = w.dtype
-    if not isinstance(dtype, np.dtype):
-      raise UnsafePickleError(f"joblib array wrapper with dtype {type(dtype).__name__}")
-    if getattr(w, "subclass", np.ndarray) not in (np.ndarray, np.memmap):
-      raise UnsafePickleError(f"joblib array of subclass {w.subclass!r} is not allowed")
-    shape = tuple(int(s) for s in w.shape)
-    if any(s < 0 for s in shape) or w.order not in ("C", "F"):
-      raise UnsafePickleError(f"joblib array wrapper with shape {shape} / order {w.order!r}")
-    if dtype.hasobject:
-      if self._depth > 8:
-        raise UnsafePickleError("joblib object arrays nested too deeply")
-      array = SafeJoblibUnpickler(self._stream, depth=self._depth + 1).load()
-      if not isinstance(array, np.ndarray):
-        raise UnsafePickleError("joblib object-array payload is not an array")
-      return array
-    if getattr(w, "numpy_array_alignment_bytes", None) is not None:
-      padding = self._read_exact(1)[0]
-      self._read_exact(padding)
-    count = int(np.prod(shape, dtype=np.int64))
-    array = np.frombuffer(self._read_exact(count * dtype.itemsize), dtype=dtype, count=count)
-    if w.order == "F":
-      array = array.reshape(shape[::-1]).transpose()
-    else:
-      array = array.reshape(shape)
-    if not array.dtype.isnative:
-      array = array.astype(array.dtype.newbyteorder("="))
-    return np.array(array)  # writable copy
-
-
-_MAGIC = (
-  (b"\x78", "zlib"),
-  (b"\x1f\x8b", "gzip"),
-  (b"BZ", "bz2"),
-  (b"\xfd\x37\x7a\x58\x5a", "xz"),
-  (b"\x5d\x00", "lzma"),
-  (b"\x04\x22\x4d\x18", "lz4"),
-)
-
-
-def _decompress(raw: bytes) -> bytes:
-  if raw.startswith(b"ZF"):
-    raise TrackFileError("a pre-0.10 joblib file (ZF container) is not supported")
-  kinds = [kind for magic, kind in _MAGIC if raw.startswith(magic)]
-  if not kinds:
-    return raw
-  kind = kinds[0]
-  if kind == "zlib":
-    d = zlib.decompressobj()
-    out = d.decompress(raw)
-    if not d.eof:
-      raise TrackFileError("zlib stream truncated")
-    return out
-  if kind == "gzip":
-    return gzip.decompress(raw)
-  if kind == "bz2":
-    return bz2.decompress(raw)
-  if kind in ("xz", "lzma"):
-    return lzma.decompress(raw, format=lzma.FORMAT_XZ if kind == "xz" else lzma.FORMAT_ALONE)
-  try:
-    import lz4.frame  # noqa: PLC0415
-  except ImportError:
-    raise TrackFileError("an lz4-compressed joblib file needs the `lz4` package") from None
-  return lz4.frame.decompress(raw)
-
-
-def load_joblib(path: str | os.PathLike) -> Any:
-  """Loads a joblib (or plain) pickle of numpy arrays and builtins without running its code.
-
-  Raises `UnsafePickleError` (naming the file and the global) for any other global, and
-  `TrackFileError` naming the file for a corrupt or truncated one.
-  """
-  try:
-    raw = pathlib.Path(path).read_bytes()
-  except OSError as e:
-    raise TrackFileError(f"{path}: cannot read ({e})") from None
-  try:
-    data = _decompress(raw)
-    stream = _io.BytesIO(data)
-    obj = SafeJoblibUnpickler(stream).load()
-  except UnsafePickleError as e:
-    raise UnsafePickleError(f"{path}: {e}") from None
-  except TrackFileError as e:
-    raise TrackFileError(f"{path}: {e}") from None
-  except Exception as e:  # truncated, corrupt or not a pickle at all
-    raise TrackFileError(
-      f"{path}: not a readable joblib pickle ({type(e).__name__}: {e})"
-    ) from None
-  return obj
-
-
 # -- readers ------------------------------------------------------------------------------------
 
 
@@ -414,7 +239,10 @@ def read_phalp(path: str | os.PathLike, joint_set: str = "openpose25") -> Tracks
     UnsafePickleError: the pickle references a global outside the allow-list (nothing runs).
     TrackFileError: corrupt / truncated file, unexpected layout, or no tracked frames.
   """
-  data = load_joblib(path)
+  try:
+    data = load_joblib(path)
+  except JoblibFileError as e:
+    raise TrackFileError(str(e)) from None
   if not isinstance(data, Mapping) or not data:
     raise TrackFileError(f"{path}: a PHALP pickle is a non-empty dict frame -> frame dict")
   frames = []
@@ -701,148 +529,12 @@ def read_scorehmr_tracks(
   return Tracks(tuple(tracks), joint_set, tuple(names), None, focal, "scorehmr")
 
 
-# -- track handling (ScoreHMR video demo) --------------------------------------------------------
-
-
-def drop_low_confidence(keypoints: np.ndarray, min_confidence: float = 0.4) -> np.ndarray:
-  """Keypoints [..., K, 3] with confidence < `min_confidence` set to (0, 0, 0)."""
-  keypoints = np.asarray(keypoints)
-  keep = keypoints[..., 2:3] >= min_confidence
-  return np.where(keep, keypoints, 0).astype(keypoints.dtype)
-
-
-def filter_tracks(
-  tracks: Tracks, min_length: int = 40, max_tracks: int = 5, min_confidence: float = 0.4
-) -> Tracks:
-  """ScoreHMR's demo filter: keeps tracks of strictly more than `min_length` frames, at most
-  `max_tracks` of them (the longest; ties: lower id), with keypoints of confidence below
-  `min_confidence` zeroed. Returns the kept tracks in id order."""
-  long = [t for t in tracks if len(t) > min_length]
-  long = sorted(long, key=lambda t: (-len(t), t.track_id))[:max_tracks]
-  kept = sorted(long, key=lambda t: t.track_id)
-  kept = [
-    dataclasses.replace(t, keypoints=drop_low_confidence(t.keypoints, min_confidence)) for t in kept
-  ]
-  return dataclasses.replace(tracks, tracks=tuple(kept))
-
-
-def split_shots(track: Track, min_shot_length: int = 20) -> list[Track]:
-  """Splits a track at shot changes; pieces of <= `min_shot_length` frames are dropped."""
-  pieces = []
-  for shot in np.unique(track.shots):
-    piece = track.take(track.shots == shot)
-    if len(piece) > min_shot_length:
-      pieces.append(piece)
-  return pieces
-
-
-def slerp(q0: np.ndarray, q1: np.ndarray, t: np.ndarray) -> np.ndarray:
-  """Spherical linear interpolation of unit quaternions [..., 4] (w, x, y, z) along the shorter
-  arc; `t` broadcasts against the leading shape."""
-  q0 = np.asarray(q0, np.float64)
-  q1 = np.asarray(q1, np.float64)
-  t = np.asarray(t, np.float64)[..., None]
-  dot = np.sum(q0 * q1, axis=-1, keepdims=True)
-  q1 = np.where(dot < 0, -q1, q1)
-  dot = np.clip(np.abs(dot), -1.0, 1.0)
-  theta = np.arccos(dot)
-  sin = np.sin(theta)
-  small = sin < 1e-6
-  safe = np.where(small, 1.0, sin)
-  w0 = np.where(small, 1.0 - t, np.sin((1.0 - t) * theta) / safe)
-  w1 = np.where(small, t, np.sin(t * theta) / safe)
-  q = w0 * q0 + w1 * q1
-  return q / np.linalg.norm(q, axis=-1, keepdims=True)
-
-
-def fill_gaps(track: Track) -> Track:
-  """Fills the frames missing between a track's first and last frame.
-
-  Rotations (global_orient, body_pose) are SLERPed between the nearest observed frames (via
-  quaternions from `jhmr.geometry.rotations`); betas, translation, crop camera and boxes are
-  interpolated linearly; keypoints of filled frames stay missing (0, 0, 0); filled frames have
-  `observed` False. The track must lie in one shot (use `split_shots` first).
-  """
-  if len(track) == 0:
-    raise ValueError(f"track {track.track_id} has no frames")
-  if np.unique(track.shots).size > 1:
-    raise ValueError(
-      f"track {track.track_id} spans shots {np.unique(track.shots).tolist()}; call split_shots "
-      "first (gaps are not interpolated across a cut)"
-    )
-  frames = track.frames
-  full = np.arange(frames[0], frames[-1] + 1, dtype=np.int64)
-  if full.size == frames.size:
-    return track
-  right = np.clip(np.searchsorted(frames, full, side="left"), 0, len(frames) - 1)
-  left = np.where(frames[right] == full, right, right - 1)
-  span = np.maximum(frames[right] - frames[left], 1)
-  t = ((full - frames[left]) / span).astype(np.float64)
-
-  observed_at = np.searchsorted(frames, full)
-  is_obs = np.isin(full, frames)
-
-  def lerp(x):
-    x = np.asarray(x, np.float64)
-    tt = t.reshape((-1,) + (1,) * (x.ndim - 1))
-    return ((1 - tt) * x[left] + tt * x[right]).astype(np.float32)
-
-  def rot(aa):
-    q = np.asarray(rotations.axis_angle_to_quaternion(jnp.asarray(aa, jnp.float32)), np.float64)
-    tt = t.reshape((-1,) + (1,) * (aa.ndim - 2))
-    qi = slerp(q[left], q[right], tt)
-    out = np.array(rotations.quaternion_to_axis_angle(jnp.asarray(qi, jnp.float32)), np.float32)
-    out[is_obs] = aa[observed_at[is_obs]]  # observed frames stay exactly as read
-    return out
-
-  keypoints = np.zeros((full.size,) + track.keypoints.shape[1:], np.float32)
-  keypoints[is_obs] = track.keypoints[observed_at[is_obs]]
-  observed = np.zeros(full.size, bool)
-  observed[is_obs] = track.observed[observed_at[is_obs]]
-  return Track(
-    track_id=track.track_id,
-    frames=full,
-    boxes=lerp(track.boxes),
-    keypoints=keypoints,
-    global_orient=rot(track.global_orient),
-    body_pose=rot(track.body_pose),
-    betas=lerp(track.betas),
-    translation=lerp(track.translation),
-    crop_camera=lerp(track.crop_camera),
-    shots=np.full(full.size, track.shots[0], np.int64),
-    observed=observed,
-  )
-
-
-def prepare_tracks(
-  tracks: Tracks,
-  min_length: int = 40,
-  max_tracks: int = 5,
-  min_confidence: float = 0.4,
-  min_shot_length: int = 20,
-) -> list[Track]:
-  """ScoreHMR's video-demo track handling: `filter_tracks`, then per track `split_shots` and
-  `fill_gaps`. Returns the tracklets (one per track and shot), by track id then shot."""
-  out: list[Track] = []
-  for track in filter_tracks(tracks, min_length, max_tracks, min_confidence):
-    out.extend(fill_gaps(piece) for piece in split_shots(track, min_shot_length))
-  return out
-
-
 __all__: Sequence[str] = (
   "Track",
   "Tracks",
   "TrackFileError",
   "UnsafePickleError",
-  "SafeJoblibUnpickler",
-  "load_joblib",
   "read_phalp",
   "write_phalp",
   "read_scorehmr_tracks",
-  "drop_low_confidence",
-  "filter_tracks",
-  "split_shots",
-  "slerp",
-  "fill_gaps",
-  "prepare_tracks",
 )

@@ -49,7 +49,7 @@ from jhmr.geometry import cameras, rotations
 from jhmr.guidance.losses import rot6d_pose
 from jhmr.guidance.observation import Observation
 from jhmr.guidance.refinement import RefineResult, refine
-from jhmr.io import estimates, joint_maps, keypoints, tracks
+from jhmr.io import estimates, joint_maps, keypoints, track_handling, tracks
 from jhmr.io import results as results_lib
 from jhmr.io import video as video_io
 from jhmr.keys import KeySeq
@@ -264,7 +264,7 @@ def _load_view(index: int, source: ViewInput, config) -> View:
     track_list = attach_keypoints(track_list, _detections(source.keypoints), config.inputs.min_iou)
     read = dataclasses.replace(read, tracks=tuple(track_list))
   t = config.tracks
-  tracklets = tracks.prepare_tracks(
+  tracklets = track_handling.prepare_tracks(
     read, t.min_length, t.max_tracks, t.min_confidence, t.min_shot_length
   )
   if not tracklets:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from jhmr.io import joblib_pickle, track_handling
 from jhmr.io import tracks as tracks_lib
 
 # joblib is not installed in this venv, so fixtures are written in joblib 1.6's layout by hand:
@@ -182,26 +183,26 @@ def test_uncompressed_and_converted_joint_set(tmp_path, phalp):
 
 def test_filter_tracks(phalp):
   tr = tracks_lib.read_phalp(phalp[0])
-  kept = tracks_lib.filter_tracks(tr, min_length=40, max_tracks=5, min_confidence=0.4)
+  kept = track_handling.filter_tracks(tr, min_length=40, max_tracks=5, min_confidence=0.4)
   assert kept.ids == (1,)  # tid 2 (10 frames) is dropped
   kp_in, kp_out = tr[1].keypoints, kept[1].keypoints
   low = kp_in[..., 2] < 0.4
   assert low.any() and (~low).any()
   np.testing.assert_array_equal(kp_out[low], 0.0)
   np.testing.assert_array_equal(kp_out[~low], kp_in[~low])
-  assert tracks_lib.filter_tracks(tr, min_length=5, max_tracks=1).ids == (1,)  # the longest
-  assert tracks_lib.filter_tracks(tr, min_length=55).ids == ()  # strictly longer
+  assert track_handling.filter_tracks(tr, min_length=5, max_tracks=1).ids == (1,)  # the longest
+  assert track_handling.filter_tracks(tr, min_length=55).ids == ()  # strictly longer
 
 
 def test_split_shots_and_fill_gaps(phalp):
   path, truth = phalp
   t1 = tracks_lib.read_phalp(path)[1]
   with pytest.raises(ValueError, match="split_shots"):
-    tracks_lib.fill_gaps(t1)
-  pieces = tracks_lib.split_shots(t1, min_shot_length=20)
+    track_handling.fill_gaps(t1)
+  pieces = track_handling.split_shots(t1, min_shot_length=20)
   assert [(p.shots[0], len(p)) for p in pieces] == [(0, 45)]  # the 10-frame shot is dropped
-  assert len(tracks_lib.split_shots(t1, min_shot_length=9)) == 2
-  filled = tracks_lib.fill_gaps(pieces[0])
+  assert len(track_handling.split_shots(t1, min_shot_length=9)) == 2
+  filled = track_handling.fill_gaps(pieces[0])
   np.testing.assert_array_equal(filled.frames, np.arange(50))
   np.testing.assert_array_equal(filled.observed, ~((filled.frames >= 20) & (filled.frames < 25)))
   gap = ~filled.observed
@@ -221,16 +222,16 @@ def test_split_shots_and_fill_gaps(phalp):
     mid = ra @ Rotation.from_rotvec(0.5 * rel).as_matrix()
     np.testing.assert_allclose(Rotation.from_rotvec(got).as_matrix(), mid, atol=3e-5)
   np.testing.assert_allclose(filled.body_pose[19], t1.body_pose[19])  # observed frames kept
-  prepared = tracks_lib.prepare_tracks(tracks_lib.read_phalp(path))
+  prepared = track_handling.prepare_tracks(tracks_lib.read_phalp(path))
   assert [(p.track_id, len(p)) for p in prepared] == [(1, 50)]
 
 
 def test_slerp_known_rotations():
   q0 = np.asarray([1.0, 0, 0, 0])
   q1 = np.asarray([np.cos(np.pi / 4), 0, 0, np.sin(np.pi / 4)])  # 90 deg about z
-  mid = tracks_lib.slerp(q0, q1, 0.5)
+  mid = track_handling.slerp(q0, q1, 0.5)
   np.testing.assert_allclose(mid, [np.cos(np.pi / 8), 0, 0, np.sin(np.pi / 8)], atol=1e-12)
-  np.testing.assert_allclose(tracks_lib.slerp(q0, -q1, 0.5), mid, atol=1e-12)  # shorter arc
+  np.testing.assert_allclose(track_handling.slerp(q0, -q1, 0.5), mid, atol=1e-12)  # shorter arc
 
 
 MALICIOUS_COMMAND = "touch {}"
@@ -268,7 +269,7 @@ def test_malicious_global_inside_joblib_file(tmp_path):
   path = tmp_path / "evil.pkl"
   path.write_bytes(evil)
   with pytest.raises(tracks_lib.UnsafePickleError, match=r"posix\.system"):
-    tracks_lib.load_joblib(path)
+    joblib_pickle.load_joblib(path)
   assert not marker.exists()
 
 
@@ -304,7 +305,7 @@ def test_no_frames(tmp_path):
   with pytest.raises(tracks_lib.TrackFileError, match="no tracked frames"):
     tracks_lib.read_scorehmr_tracks(empty_dir)
   with pytest.raises(ValueError, match="no frames"):
-    tracks_lib.fill_gaps(tracks_lib.read_phalp(_one_frame(tmp_path))[1].take(np.zeros(0, int)))
+    track_handling.fill_gaps(tracks_lib.read_phalp(_one_frame(tmp_path))[1].take(np.zeros(0, int)))
 
 
 def _one_frame(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from jhmr.io import keypoints as keypoints_io
+from jhmr.io import track_handling
 from jhmr.io import tracks as tracks_io
 from jhmr.io import video as video_io
 from jhmr.pipelines import refine_example
@@ -71,7 +72,7 @@ def test_phalp_reads_back(example):
   assert tr.ids == (1, 2) and tr.image_size == (64, 96)
   assert tr.focal_length == pytest.approx(float(truth["focal_length"]))
   assert tr.frame_names[0] == "000000.jpg" and len(tr.frame_names) == 12
-  kept = tracks_io.prepare_tracks(tr, min_length=5, min_shot_length=5)
+  kept = track_handling.prepare_tracks(tr, min_length=5, min_shot_length=5)
   assert len(kept) == 2 and all(len(t) == 12 for t in kept)
   for p, track in enumerate(tr):
     np.testing.assert_array_equal(track.frames, np.arange(12))
