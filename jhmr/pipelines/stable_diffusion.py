@@ -29,7 +29,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jhmr.convert.clip_text import load_text_encoder
 from jhmr.convert.diffusers_unet import load_unet
@@ -39,6 +38,7 @@ from jhmr.models.clip_text import CLIPTextModel
 from jhmr.models.clip_tokenizer import CLIPTokenizer, load_tokenizer
 from jhmr.models.unet import UNet
 from jhmr.models.vae import AutoencoderKL
+from jhmr.render.body_depth import bicubic_matrix, prepare_depth_for_sd  # noqa: F401 (re-export)
 
 Prompts = str | Sequence[str]
 
@@ -299,7 +299,7 @@ def depth_to_image(
     )
   if depth.ndim != 3 or depth.shape[0] != b:
     raise ValueError(f"depth must be [{b}, H, W], got shape {depth.shape}")
-  cond = prepare_depth(depth, (h, w))
+  cond = prepare_depth_for_sd(depth, (h, w))
   start, latents = _noised_start(sd, k_noise, sched, num_steps, strength, init_latents)
   out = denoise(sd, params, sched, latents, context, guidance_scale, cond, start, guided=guided)
   return out if return_latents else decode_latents(sd, params, out)
@@ -311,45 +311,8 @@ def _check_images(image, b, sd):
   _latent_hw(sd, image.shape[1], image.shape[2])
 
 
-# ---------------------------------------------------------------------------------------------
-# depth conditioning
-
-
-def _cubic(t, a=-0.75):
-  """PyTorch's cubic convolution weights for offsets t-1, t, 1-t, 2-t (t in [0, 1))."""
-
-  def near(x):  # |x| <= 1
-    return ((a + 2) * x - (a + 3)) * x * x + 1
-
-  def far(x):  # 1 < |x| < 2
-    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-
-  return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], -1)
-
-
-def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """`[n_out, n_in]` interpolation matrix equal to torch `interpolate(mode='bicubic',
-  align_corners=False)` along one axis (no antialiasing, indices clamped at the border)."""
-  scale = n_in / n_out
-  src = (np.arange(n_out) + 0.5) * scale - 0.5
-  i0 = np.floor(src).astype(np.int64)
-  w = _cubic(src - i0)
-  m = np.zeros((n_out, n_in), np.float64)
-  for k in range(4):
-    idx = np.clip(i0 - 1 + k, 0, n_in - 1)
-    np.add.at(m, (np.arange(n_out), idx), w[:, k])
-  return m.astype(np.float32)
-
-
-def prepare_depth(depth: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """`depth [B, H, W]` -> `[B, h, w, 1]`: bicubic resize to `size`, then per-image min-max to
-  [-1, 1] (diffusers' `StableDiffusionDepth2ImgPipeline.prepare_depth_map`)."""
-  rows = jnp.asarray(bicubic_matrix(depth.shape[1], size[0]))
-  cols = jnp.asarray(bicubic_matrix(depth.shape[2], size[1]))
-  d = jnp.einsum("yh,bhw,xw->byx", rows, depth.astype(jnp.float32), cols)
-  lo = d.min(axis=(1, 2), keepdims=True)
-  hi = d.max(axis=(1, 2), keepdims=True)
-  return (2.0 * (d - lo) / (hi - lo) - 1.0)[..., None]
+# depth conditioning: one implementation, `jhmr.render.body_depth` (the old names stay importable)
+prepare_depth = prepare_depth_for_sd
 
 
 # ---------------------------------------------------------------------------------------------
