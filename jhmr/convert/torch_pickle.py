@@ -211,12 +211,16 @@ MMPOSE_VITPOSE: Mapping[str, Any] = TENSORS
 """ViTPose's mmcv `.pth` (meta of builtins, state_dict, optional optimizer)."""
 SCOREHMR: Mapping[str, Any] = TENSORS
 """ScoreHMR's `model-100.pt` (step, model, opt, ema)."""
+LIGHTNING_VPOSER: Mapping[str, Any] = {**LIGHTNING_PARE, **LIGHTNING_HMR2}
+"""human_body_prior's VPoser V02_05 `.ckpt` (Lightning 1.x: callback states, ReduceLROnPlateau,
+omegaconf / AttributeDict hyper-parameters; the union of "pare" and "hmr2", not inspected)."""
 CHECKPOINT_KINDS: Mapping[str, Mapping[str, Any]] = {
   "tensors": TENSORS,
   "scorehmr": SCOREHMR,
   "vitpose": MMPOSE_VITPOSE,
   "pare": LIGHTNING_PARE,
   "hmr2": LIGHTNING_HMR2,
+  "vposer": LIGHTNING_VPOSER,
 }
 
 _PY2_MODULES = {"copy_reg": "copyreg", "__builtin__": "builtins"}

@@ -11,6 +11,7 @@ from jhmr.models.unet import UNet
 from jhmr.models.vae import AutoencoderKL
 from jhmr.models.vit import ViT
 from jhmr.models.vitpose import VitPose
+from jhmr.models.vposer import VPoser
 
 MODELS = {
   "clip_text": CLIPTextModel,
@@ -24,4 +25,5 @@ MODELS = {
   "vae": AutoencoderKL,
   "vit": ViT,
   "vitpose": VitPose,
+  "vposer": VPoser,
 }
