@@ -49,12 +49,19 @@ def _scorehmr_paper():
   return scorehmr_paper.STAGES
 
 
+def _image_to_mesh():
+  from jhmr.pipelines import image_to_mesh
+
+  return image_to_mesh.STAGES
+
+
 # config.program -> its stages (imported on use: a program's heavy imports stay out of the others).
 PROGRAMS = {
   "scorehmr": _scorehmr,
   "body_demo": _body_demo,
   "refine": _refine,
   "scorehmr_paper": _scorehmr_paper,
+  "image_to_mesh": _image_to_mesh,
 }
 
 

@@ -1,5 +1,5 @@
-"""The official PARE checkpoint (`pare_checkpoint.ckpt`) -> `jhmr.models.pare.Pare` variables,
-and ScoreHMR's crop preprocessing for it.
+"""The official PARE checkpoint (`pare_checkpoint.ckpt`) -> `jhmr.models.pare.Pare` variables.
+(ScoreHMR's crop for it is `jhmr.data.crops.crop_for_pare`.)
 
 The file is a PyTorch Lightning checkpoint: the weights are `ckpt['state_dict']`, whose PARE keys
 carry the Lightning module's `model.` prefix (`model.backbone.*`, `model.head.*`). Besides those
@@ -40,9 +40,7 @@ from jhmr.convert.common import (
 )
 from jhmr.convert.hrnet import hrnet_rules
 from jhmr.convert.torch_io import load_torch_file
-from jhmr.data import crops
-from jhmr.errors import InputError
-from jhmr.models.pare import INPUT_SIZE, Pare, PareHead, normalise_crop
+from jhmr.models.pare import INPUT_SIZE, Pare, PareHead
 
 LIGHTNING_PREFIX = "model."
 # Saved by PARE's Lightning trainer (loss, SMPL layers) and by PARE itself (its SMPL head), after
@@ -223,47 +221,3 @@ def read_checkpoint(path: str | pathlib.Path) -> dict[str, Any]:
 def load_pare_checkpoint(path: str | pathlib.Path, config: Pare | None = None):
   """Reads `pare_checkpoint.ckpt` and converts it for `config` (default: the official `Pare`)."""
   return convert_pare(read_checkpoint(path), config)
-
-
-# ----------------------------------------------------------------------------------------------
-# Preprocessing (here rather than in jhmr.models.pare: it reuses jhmr.data.crops, a floor above
-# the models)
-
-
-def crop_for_pare(image: np.ndarray, box, size: int = INPUT_SIZE) -> np.ndarray:
-  """ScoreHMR's PARE input: uint8 RGB `image [H, W, 3]`, person `box` (x1, y1, x2, y2) in pixels
-  -> normalised float32 crop `[size, size, 3]`.
-
-  The crop is the square of side max(w, h) centred on the box (no padding, no blur), resampled
-  bilinearly with zeros outside the image, then normalised with ImageNet mean/std
-  (`normalise_crop`). Pixel convention as ScoreHMR's `cv2.warpAffine`: box coordinates are pixel
-  indices, and image index (cx, cy) lands on crop index (size/2, size/2). (ScoreHMR reads BGR
-  with cv2 and flips to RGB; here the image is RGB already.)
-
-  `jhmr.data.crops.crop_image` (PIL) puts pixel i's centre at i + 0.5; the centre is shifted by
-  0.5 - 0.5 / s (s = size / side) so that both conventions sample the same points. Known
-  differences from cv2: the outermost half pixel of the image is repeated before the zero
-  border (cv2 blends it with zero), and cv2 rounds interpolation weights to 1/32.
-
-  Raises:
-    InputError: the image is not uint8-compatible `[H, W, 3]`, the box is not 4 finite numbers,
-      has no area, or lies entirely outside the image.
-  """
-  image = np.asarray(image)
-  if image.ndim != 3 or image.shape[-1] != 3:
-    raise InputError(f"image must be [H, W, 3], got shape {image.shape}")
-  if image.dtype != np.uint8:
-    raise InputError(f"image must be uint8 RGB, got dtype {image.dtype}")
-  box = np.asarray(box, np.float64)
-  if box.shape != (4,) or not np.all(np.isfinite(box)):
-    raise InputError(f"box must be 4 finite numbers (x1, y1, x2, y2), got {box.tolist()}")
-  x1, y1, x2, y2 = box
-  if x2 <= x1 or y2 <= y1:
-    raise InputError(f"degenerate box (x1, y1, x2, y2) = {box.tolist()}: it has no area")
-  height, width = image.shape[:2]
-  if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
-    raise InputError(f"box {box.tolist()} lies outside the {width}x{height} image")
-  side = max(x2 - x1, y2 - y1)
-  center = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
-  center = center + 0.5 - 0.5 * side / size  # cv2 pixel-index convention (see above)
-  return normalise_crop(crops.crop_image(image, center, side, size))

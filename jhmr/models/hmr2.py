@@ -29,7 +29,8 @@ creates them from the config's `mean_*` values (upright rest pose, zero shape, c
 they are not parameters, so an optimiser over `'params'` never touches them and the parameter
 counts match the paper's (head 39,547,037; with ViT-H 670,459,037).
 
-Preprocessing (`crop_for_hmr2`, 4D-Humans `hmr2/datasets/vitdet_dataset.py`): the detector box
+Preprocessing (`jhmr.data.crops.crop_for_hmr2`, 4D-Humans `hmr2/datasets/vitdet_dataset.py`;
+the crop lives with the other crops, a floor above the models): the detector box
 (x0, y0, x1, y1) is expanded to aspect w:h = 192:256, made square with side `max(h, 4w/3)`, and
 warped bilinearly to 256x256 with zeros outside the image (cv2 `warpAffine` pixel convention:
 integer pixel centres; crop pixel (128, 128) is the box centre), then normalised with the ImageNet
@@ -38,7 +39,7 @@ are RGB already). 4D-Humans blurs the whole image with a Gaussian (skimage, sigm
 d = box / 256 / 2, when d > 1.1) before downsampling; ScoreHMR's copy of this step does not blur.
 `blur=False` (default) is ScoreHMR's variant, `blur=True` 4D-Humans' (scipy `gaussian_filter`,
 mode 'nearest', truncate 4: what skimage calls). Differences to cv2: cv2 interpolates with 1/32-px
-fixed-point weights and rounds uint8 output; this warp is float, so pixel values differ by < 1
+fixed-point weights and rounds uint8 output; the crop is float, so pixel values differ by < 1
 grey level.
 
 Camera: `crop_translation` (tz = 2 f / (256 s + 1e-9), the model's own `pred_cam_t` at f = 5000)
@@ -56,10 +57,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
-from jhmr.errors import InputError
 from jhmr.geometry import cameras, rotations
 from jhmr.models.hmr import DEFAULT_CAM, IDENTITY_6D, UPRIGHT_6D
 from jhmr.models.sd_layers import attention
@@ -336,103 +335,6 @@ def cam_crop_to_full(
 
 # ----------------------------------------------------------------------------------------------
 # Preprocessing
-
-
-@dataclasses.dataclass(frozen=True)
-class HMR2Crop:
-  """One person crop: `image` float32 [256, 256, 3] normalised (feed `hmr2_input` of a batch),
-  `box_center` [2] (cx, cy) and `box_size` (square side) in pixels, `image_size` [2] (W, H)."""
-
-  image: np.ndarray
-  box_center: np.ndarray
-  box_size: float
-  image_size: np.ndarray
-
-
-def square_box(box) -> tuple[np.ndarray, float]:
-  """Detector box (x0, y0, x1, y1) -> (centre [2], side): expanded to aspect 192:256 (w:h), side
-  `max(h, 4 w / 3)` (4D-Humans `expand_to_aspect_ratio(...).max()`).
-
-  Raises InputError for a non-finite box or one with non-positive width or height.
-  """
-  box = np.asarray(box, np.float64)
-  if box.shape != (4,) or not np.all(np.isfinite(box)):
-    raise InputError(f"box must be 4 finite numbers (x0, y0, x1, y1), got {box.tolist()}")
-  w, h = box[2] - box[0], box[3] - box[1]
-  if w <= 0 or h <= 0:
-    raise InputError(f"degenerate box {box.tolist()}: width {w} and height {h} must be > 0")
-  w_t, h_t = BOX_ASPECT
-  size = max(h, w * h_t / w_t)  # both branches of expand_to_aspect_ratio, then .max()
-  return (box[:2] + box[2:]) / 2.0, float(size)
-
-
-def warp_affine_bilinear(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
-  """cv2.warpAffine(image, matrix, (size, size), INTER_LINEAR, BORDER_CONSTANT 0) in float.
-
-  `matrix` [2, 3] maps image pixels to output pixels (integer pixel centres, as cv2).
-  """
-  image = np.asarray(image, np.float64)
-  m = np.concatenate([np.asarray(matrix, np.float64), [[0.0, 0.0, 1.0]]])
-  inv = np.linalg.inv(m)[:2]
-  ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
-  sx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
-  sy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
-  x0, y0 = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
-  fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
-  height, width = image.shape[:2]
-
-  def tap(yy, xx):
-    inside = (xx >= 0) & (xx < width) & (yy >= 0) & (yy < height)
-    vals = image[np.clip(yy, 0, height - 1), np.clip(xx, 0, width - 1)]
-    return np.where(inside[..., None], vals, 0.0)
-
-  top = tap(y0, x0) * (1 - fx) + tap(y0, x0 + 1) * fx
-  bottom = tap(y0 + 1, x0) * (1 - fx) + tap(y0 + 1, x0 + 1) * fx
-  return top * (1 - fy) + bottom * fy
-
-
-def crop_for_hmr2(image: np.ndarray, box, blur: bool = False, size: int = CROP_SIZE) -> HMR2Crop:
-  """The HMR 2.0 input crop of one person (see the module doc for the exact steps).
-
-  Args:
-    image: [H, W, 3] RGB, uint8 or float in 0..255.
-    box: (x0, y0, x1, y1) detector box in pixels.
-    blur: 4D-Humans' anti-aliasing Gaussian blur before downsampling (False: ScoreHMR's demo).
-    size: crop side (256 for the released model).
-
-  Returns:
-    `HMR2Crop`; pass `box_center`, `box_size`, `image_size` to `cam_crop_to_full`.
-
-  Raises:
-    InputError: the image is not [H, W, 3], the box is degenerate, or it lies outside the image.
-  """
-  image = np.asarray(image)
-  if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
-    raise InputError(f"image must be [H, W, 3] RGB, got shape {image.shape}")
-  height, width = image.shape[:2]
-  center, box_size = square_box(box)
-  x0, y0, x1, y1 = np.asarray(box, np.float64)
-  if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
-    raise InputError(f"box {[x0, y0, x1, y1]} lies outside the {width}x{height} image")
-  pixels = image.astype(np.float64)
-  downsampling = box_size / size / 2.0
-  if blur and downsampling > 1.1:
-    from scipy.ndimage import gaussian_filter
-
-    sigma = (downsampling - 1.0) / 2.0
-    pixels = gaussian_filter(pixels, sigma=(sigma, sigma, 0.0), mode="nearest", truncate=4.0)
-  scale = size / box_size
-  matrix = np.array(
-    [[scale, 0.0, size / 2.0 - scale * center[0]], [0.0, scale, size / 2.0 - scale * center[1]]]
-  )
-  crop = warp_affine_bilinear(pixels, matrix, size)
-  mean, std = 255.0 * np.asarray(IMAGE_MEAN), 255.0 * np.asarray(IMAGE_STD)
-  return HMR2Crop(
-    image=((crop - mean) / std).astype(np.float32),
-    box_center=center,
-    box_size=box_size,
-    image_size=np.array([width, height], np.float64),
-  )
 
 
 def hmr2_input(crops: jax.Array) -> jax.Array:

@@ -1,6 +1,6 @@
 """PARE (Kocabas et al. 2021), ScoreHMR's image-feature extractor: HRNet-W32 + part attention.
 
-image [B, 224, 224, 3] (ImageNet-normalised RGB crop, `jhmr.convert.pare.crop_for_pare`)
+image [B, 224, 224, 3] (ImageNet-normalised RGB crop, `jhmr.data.crops.crop_for_pare`)
   -> HRNet (`jhmr.models.hrnet`)                                            F [B, 56, 56, 480]
   -> part branch:  keypoint_deconv_layers (2 x [conv3x3 no bias, BN, ReLU])  P [B, 56, 56, 128]
                    keypoint_final_layer (conv1x1)               part_logits [B, 56, 56, 25]
@@ -185,7 +185,7 @@ class PareHead(nn.Module):
 class Pare(nn.Module):
   """PARE: HRNet + `PareHead`. images `[B, H, W, 3]` (H, W multiples of 32) -> `PareOutput`.
 
-  The official model takes 224 x 224 crops (`jhmr.convert.pare.crop_for_pare`) and has
+  The official model takes 224 x 224 crops (`jhmr.data.crops.crop_for_pare`) and has
   32,860,710 parameters (PARE's 32,861,502 less HRNet's unused `final_layer`).
 
   Attributes:

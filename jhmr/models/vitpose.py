@@ -3,7 +3,7 @@
   model = VitPose(VITPOSE_H)
   variables = model.init(key, model.dummy_input())        # {'params', 'batch_stats'}
   center, scale = boxes_to_center_scale(boxes_xywh)        # [B, 2], [B, 2] (units of 200 px)
-  crops = crop_images(image [H, W, 3] uint8/float RGB, center, scale)   # [B, 256, 192, 3]
+  crops = jhmr.data.crops.crop_for_vitpose(image [H, W, 3], center, scale)  # [B, 256, 192, 3]
   heatmaps = model.apply(variables, crops, flip_test=True) # [B, 64, 48, 17]
   keypoints = decode_heatmaps(heatmaps, center, scale)     # [B, 17, 3] (x, y, score), image px
   openpose = to_openpose25(keypoints)                      # [B, 25, 3] (ScoreHMR's demo slots)
@@ -22,7 +22,7 @@ The test pipeline follows ViTPose's COCO configs (`test_cfg`: flip_test, post_pr
 shift_heatmap=False, modulate_kernel=11, use_udp=True):
 - box (x, y, w, h) -> centre, and scale = (w, h) enlarged to the 192:256 aspect, x1.25, / 200;
 - UDP crop: crop pixel u = (x - c) (size - 1) / (s 200) + (size - 1) / 2, bilinear, zeros
-  outside, then ImageNet normalisation (`crop_images`);
+  outside, then ImageNet normalisation (`jhmr.data.crops.crop_for_vitpose`);
 - flip test: the model on the mirrored crop, heatmaps mirrored back with the COCO left/right
   pairs swapped, averaged with the plain ones (no heatmap shift: shift_heatmap=False);
 - decode: argmax (score = the raw maximum), DARK-UDP refinement (Gaussian blur 11x11 with
@@ -180,7 +180,7 @@ class VitPose(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Boxes and crops
+# Boxes (the crop itself: jhmr.data.crops.crop_for_vitpose)
 
 
 def boxes_to_center_scale(
@@ -199,46 +199,6 @@ def boxes_to_center_scale(
   h2 = np.where(w > aspect * h, w / aspect, h)
   scale = np.stack([w2, h2], -1) / 200.0 * padding
   return center.astype(np.float32), scale.astype(np.float32)
-
-
-def crop_images(
-  image: jax.Array, center, scale, img_size=(256, 192), normalize: bool = True
-) -> jax.Array:
-  """UDP top-down crops of one image `[H, W, 3]` (RGB, 0..255) -> `[B, *img_size, 3]` float32.
-
-  Crop pixel (u, v) samples image point c + ((u, v) - (size - 1) / 2) * s 200 / (size - 1)
-  (mmpose `get_warp_matrix` + `cv2.warpAffine` INTER_LINEAR, zeros outside; rounded to integers
-  when `image` is uint8, as cv2's uint8 output), then
-  `(x / 255 - mean) / std` with ImageNet statistics if `normalize`.
-  """
-  image = jnp.asarray(image)
-  is_uint8 = image.dtype == jnp.uint8
-  image = image.astype(jnp.float32)
-  if image.ndim != 3 or image.shape[-1] != 3:
-    raise ValueError(f"crop_images expects one RGB image [H, W, 3], got {tuple(image.shape)}")
-  center = jnp.asarray(center, jnp.float32).reshape(-1, 2)
-  scale = jnp.asarray(scale, jnp.float32).reshape(-1, 2)
-  h, w = img_size
-  ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
-                        indexing="ij")  # fmt: skip
-
-  def one(c, s):
-    px = c[0] + (xs - (w - 1) / 2) * (s[0] * 200.0) / (w - 1)
-    py = c[1] + (ys - (h - 1) / 2) * (s[1] * 200.0) / (h - 1)
-    return jnp.stack(
-      [
-        jax.scipy.ndimage.map_coordinates(image[..., k], [py, px], order=1, mode="constant")
-        for k in range(3)
-      ],
-      -1,
-    )
-
-  crops = jax.vmap(one)(center, scale)
-  if is_uint8:  # cv2.warpAffine of a uint8 image rounds to uint8
-    crops = jnp.round(crops)
-  if normalize:
-    crops = (crops / 255.0 - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
-  return crops
 
 
 # ----------------------------------------------------------------------------------------------

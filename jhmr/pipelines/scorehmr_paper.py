@@ -160,12 +160,10 @@ class _Images:
 
 
 def _features(eval_set, rows, images: _Images, feature_fn: FeatureFn, stats):
-  from jhmr.convert.pare import crop_for_pare
-
   crops, sizes = [], []
   for i in rows:
     image = images(str(eval_set.imgname[i]))
-    crops.append(crop_for_pare(image, eval_set.boxes[i], CROP_SIZE))
+    crops.append(crops_lib.crop_for_pare(image, eval_set.boxes[i], CROP_SIZE))
     sizes.append((image.shape[1], image.shape[0]))
   feats = np.asarray(feature_fn(np.stack(crops)), np.float32)
   mean, std = stats

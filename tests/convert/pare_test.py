@@ -18,9 +18,9 @@ from jhmr.convert.pare import (
   IGNORED_KEYS,
   convert_pare,
   convert_pare_head,
-  crop_for_pare,
   load_pare_checkpoint,
 )
+from jhmr.data.crops import crop_for_pare
 from jhmr.errors import InputError
 from jhmr.models.pare import IMAGENET_MEAN, IMAGENET_STD, Pare, PareHead
 

@@ -18,6 +18,7 @@ from jhmr.convert.hmr2 import (
   convert_hmr2_head,
   load_hmr2_checkpoint,
 )
+from jhmr.data.crops import crop_for_hmr2, square_box
 from jhmr.errors import InputError
 from jhmr.models.hmr2 import (
   HMR2,
@@ -26,10 +27,8 @@ from jhmr.models.hmr2 import (
   HMR2_TINY,
   HMR2Head,
   cam_crop_to_full,
-  crop_for_hmr2,
   crop_translation,
   hmr2_input,
-  square_box,
 )
 from tests.torch_reference import randomize, rel_err
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jhmr.data import crops
 from jhmr.io import joint_maps
 from jhmr.models import vitpose as vp
 
@@ -173,13 +174,13 @@ def test_crops_match_transformers_processor():
   processor = VitPoseImageProcessorPil()
   want = processor(image, boxes=[boxes], return_tensors="np")["pixel_values"]
   center, scale = vp.boxes_to_center_scale(boxes)
-  got = np.asarray(vp.crop_images(image, center, scale)).transpose(0, 3, 1, 2)
+  got = np.asarray(crops.crop_for_vitpose(image, center, scale)).transpose(0, 3, 1, 2)
   assert got.shape == want.shape == (2, 3, 256, 192)
   # both round the warp to uint8; a rounding tie may fall either way (one grey level = 0.0175)
   diff = np.abs(got - want)
   assert np.median(diff) < 1e-5 and np.mean(diff > 1e-3) < 0.01 and diff.max() < 0.02
   with pytest.raises(ValueError, match="RGB"):
-    vp.crop_images(image[..., 0], center, scale)
+    crops.crop_for_vitpose(image[..., 0], center, scale)
 
 
 def test_boxes_to_center_scale():
