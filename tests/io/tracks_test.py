@@ -16,7 +16,8 @@ from scipy.spatial.transform import Rotation
 from jhmr.io import joblib_pickle, track_handling
 from jhmr.io import tracks as tracks_lib
 
-# joblib is not installed in this venv, so fixtures are written in joblib 1.6's layout by hand:
+# These fixtures are written in joblib 1.6's layout by hand, from the documented format (the reader
+# must not rely on joblib; tests/io/writers_test.py also reads a real `joblib.dump` file):
 # the array is replaced by a pickled `joblib.numpy_pickle.NumpyArrayWrapper` (state: subclass,
 # shape, order, dtype, allow_mmap, numpy_array_alignment_bytes), the frame is committed, then one
 # padding-length byte, the padding and the raw C-order bytes follow; compress=3 -> zlib stream.
