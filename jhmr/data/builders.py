@@ -13,6 +13,7 @@ from __future__ import annotations
 from jhmr.data.cmu_mocap import cmu_mocap_dataset_builder as _cmu
 from jhmr.data.emdb import emdb_dataset_builder as _emdb
 from jhmr.data.h36m import h36m_dataset_builder as _h36m
+from jhmr.data.ski_pose import ski_pose_dataset_builder as _ski_pose
 from jhmr.data.smart import smart_dataset_builder as _smart
 from jhmr.data.synthetic import synthetic_dataset_builder as _synthetic
 from jhmr.data.threedpw import threedpw_dataset_builder as _threedpw
@@ -22,6 +23,7 @@ BUILDERS = {
   "emdb": _emdb.Builder,
   "h36m": _h36m.Builder,
   "smart": _smart.Builder,
+  "ski_pose": _ski_pose.Builder,
   "cmu_mocap": _cmu.Builder,
   "synthetic": _synthetic.Builder,
 }

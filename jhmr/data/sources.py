@@ -9,6 +9,7 @@ as `builder.as_data_source()[split][i]` gives it), the body model and the crop s
   emdb_example(row, body_model, size)                     `emdb/emdb1`, `emdb/all`
   h36m_example(row, body_model, size, focal_length=5000)  `h36m/frames`, one view of `multiview`
   smart_example(row, size)                                `smart/<action>` (2D labels only)
+  ski_pose_example(row, size)                             `ski_pose/frames` (2D labels only)
 
 What each field is made of:
 
@@ -71,6 +72,10 @@ SPIN24_TO_BODY25 = {
 # MidHip, hips, knees, ankles).
 SMPL24_TO_BODY25 = {
   12: 1, 17: 2, 19: 3, 21: 4, 16: 5, 18: 6, 20: 7, 0: 8, 2: 9, 5: 10, 8: 11, 1: 12, 4: 13, 7: 14,
+}  # fmt: skip
+# Ski-Pose's 17 H36M 2D joints -> BODY_25 (DAPA's `parse_data_from_ski.py`; no swap in 2D).
+H36M17_TO_BODY25 = {
+  4: 12, 5: 13, 6: 14, 1: 9, 2: 10, 3: 11, 8: 1, 11: 5, 12: 6, 13: 7, 14: 2, 15: 3, 16: 4,
 }  # fmt: skip
 NUM_BODY25 = 25
 H36M_CAMERAS = ("54138969", "55011271", "58860488", "60457274")
@@ -412,6 +417,27 @@ def smart_example(
     keypoints_2d={"openpose25": openpose}, global_orient=np.zeros(3), body_pose=np.zeros((23, 3)),
     betas=np.zeros(num_betas), cam_t=np.zeros(3), joints_3d=np.zeros((24, 3)), has_smpl=0.0,
     has_3d=0.0, group=name_id(row["video"]), frame=int(row["frame_index"]),
+  )  # fmt: skip
+
+
+def ski_pose_example(
+  row, size: int, num_betas: int = 10, focal_length: float = 5000.0
+) -> PersonExample:
+  """A `ski_pose/frames` row -> `PersonExample` with 2D labels only, like `smart_example`: its
+  H36M 3D joints (`joints3d`) are not SMPL joints and stay in the row (`jhmr.eval.hpc_protocol`).
+  Keypoints: the 13 OpenPose BODY_25 joints DAPA makes of the 2D labels; group = (seq, cam),
+  frame = the frame number."""
+  center = np.asarray(row["center"], np.float64)
+  box = float(row["scale"])  # px
+  affine = crops.crop_transform(center, box, size)
+  openpose = map_keypoints(np.asarray(row["keypoints2d"], np.float32), H36M17_TO_BODY25)
+  return _example(
+    image=row["image"], size=size, affine=affine,
+    intrinsics=h36m_intrinsics(center, box, size, focal_length), image_size_wh=(256.0, 256.0),
+    keypoints_2d={"openpose25": image_to_crop(openpose, affine)}, global_orient=np.zeros(3),
+    body_pose=np.zeros((23, 3)), betas=np.zeros(num_betas), cam_t=np.zeros(3),
+    joints_3d=np.zeros((24, 3)), has_smpl=0.0, has_3d=0.0,
+    group=name_id(int(row["seq"]), int(row["cam"])), frame=int(row["frame"]),
   )  # fmt: skip
 
 

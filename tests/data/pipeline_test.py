@@ -258,7 +258,15 @@ def test_reads_a_tfds_array_record_source(tmp_path):
 def test_builder_registry():
   from jhmr.data import builders
 
-  assert set(builders.BUILDERS) == {"threedpw", "emdb", "h36m", "smart", "cmu_mocap", "synthetic"}
+  assert set(builders.BUILDERS) == {
+    "threedpw",
+    "emdb",
+    "h36m",
+    "smart",
+    "cmu_mocap",
+    "synthetic",
+    "ski_pose",
+  }
   with pytest.raises(ValueError, match="unknown dataset 'nope'; valid: cmu_mocap, emdb"):
     builders.make_builder("nope")
   with pytest.raises(ValueError, match="unknown config 'x' of threedpw; valid: frames, video"):

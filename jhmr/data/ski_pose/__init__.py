@@ -1,0 +1,1 @@
+"""Ski-Pose PTZ (TFDS builder)."""
