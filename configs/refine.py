@@ -8,6 +8,13 @@ Your files (PHALP / 4D-Humans pickle, OpenPose JSON folder, the video; a score m
     --config.inputs.tracks=outputs/results/demo_video.pkl \
     --config.inputs.keypoints=openpose_json/ --config.inputs.video=video.mp4 \
     --config.score_model=runs/cmu_prior/score_model
+With ScoreHMR's released, PARE-conditioned model (needs the video: features come from crops):
+  python -m jhmr.launch --config configs/refine.py --workdir runs/official \
+    --config.inputs.tracks=outputs/results/demo_video.pkl --config.inputs.video=video.mp4 \
+    --config.inputs.keypoints=openpose_json/ \
+    --config.score_model_format=official --config.score_model=model_weights/score_hmr/model-100.pt \
+    --config.features.kind=pare --config.features.pare_checkpoint=pare_checkpoint.ckpt \
+    --config.features.pare_stats=data/stats/pare_feat_stats.npz
 Then: `python -m jhmr.viewer runs/refine/results.npz` (a browser on http://localhost:8080).
 
 What the default runs: `jhmr.pipelines.refine_example` renders two people of the free body walking
@@ -58,9 +65,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     num_people=2, num_frames=48, image_size=(320, 240), fps=24.0, keypoint_noise_px=3.0
   )
 
-  # The score model: a trained unconditional prior's folder (e.g. runs/cmu_prior/score_model),
-  # or '' to train `config.prior` into workdir/score_model.
+  # The score model, read as `score_model_format`:
+  #   "jhmr": a trained jhmr score model's folder (e.g. runs/cmu_prior/score_model), or '' to
+  #     train `config.prior` into workdir/score_model;
+  #   "official": ScoreHMR's released model_weights/score_hmr/model-100.pt (PARE-conditioned:
+  #     needs config.features.kind="pare" and config.inputs.video).
   config.score_model = ""
+  config.score_model_format = "jhmr"  # jhmr | official
+  # Image features conditioning the score model (required when it is conditional): "none", or
+  # "pare": PARE's pose features of each tracked person's 224 crop of the video frame (ScoreHMR's
+  # video demo), standardised with ScoreHMR's statistics.
+  config.features = dict(
+    kind="none",  # none | pare
+    pare_checkpoint="",  # PARE's data/pare/checkpoints/pare_checkpoint.ckpt
+    pare_stats="",  # ScoreHMR's data/stats/pare_feat_stats.npz
+  )
   config.prior = dict(poses="demo_mix", num_poses=50_000, hidden=512, num_blocks=3)
   config.prior.trainer = common.trainer_config(steps=4000, batch_size=128, learning_rate=3e-4)
   config.prior.trainer.optimizer.update(b2=0.99, clip_norm=1.0)

@@ -196,7 +196,7 @@ def random_image_models(
   )
 
 
-def _load(what: str, path, loader):
+def load_model_file(what: str, path, loader):
   """Runs `loader(path)`; a missing file or a checkpoint of another model -> InputError."""
   if not path or not pathlib.Path(path).is_file():
     raise InputError(f"{what}: file {str(path)!r} not found")
@@ -239,13 +239,17 @@ def load_image_models(
     if not path or not pathlib.Path(path).is_file():
       raise InputError(f"checkpoints.{name}: file {str(path or '')!r} not found")
   c = configs
-  vp_vars = _load("ViTPose checkpoint", vitpose, lambda p: load_vitpose_checkpoint(p, c.vitpose))
-  hmr_vars = _load(
+  vp_vars = load_model_file(
+    "ViTPose checkpoint", vitpose, lambda p: load_vitpose_checkpoint(p, c.vitpose)
+  )
+  hmr_vars = load_model_file(
     "HMR 2.0 checkpoint", hmr2, lambda p: load_hmr2_checkpoint(p, c.hmr2.head, c.hmr2.vit)
   )
-  pare_vars = _load("PARE checkpoint", pare, lambda p: load_pare_checkpoint(p, c.pare))
-  stats = _load("PARE feature statistics", pare_stats, pare_lib.load_feature_stats)
-  score = _load("ScoreHMR checkpoint", score_hmr, lambda p: load_checkpoint(p, c.score_net))
+  pare_vars = load_model_file("PARE checkpoint", pare, lambda p: load_pare_checkpoint(p, c.pare))
+  stats = load_model_file("PARE feature statistics", pare_stats, pare_lib.load_feature_stats)
+  score = load_model_file(
+    "ScoreHMR checkpoint", score_hmr, lambda p: load_checkpoint(p, c.score_net)
+  )
   return ImageModels(
     vitpose=Net(vitpose_lib.VitPose(c.vitpose), vp_vars),
     hmr2=Net(hmr2_lib.HMR2(c.hmr2), hmr_vars),

@@ -16,12 +16,24 @@ frames synchronised, for multi-view guidance):
 Tracks are handled as ScoreHMR's video demo does (`config.tracks`: minimum length, confidence
 threshold, shot splitting, gap filling by SLERP / linear interpolation).
 
-Score model (`config.score_model`): a trained unconditional pose prior, the `score_model`
-folder of a `configs/scorehmr.py:cmu_prior` run (motion capture, the one to use on real video);
-'' trains a prior on the shipped demo poses into workdir/score_model (`config.prior`; enough for
-the example clip, not for real video). Guidance (`config.task`): video (keypoints + temporal
-smoothness per tracklet, the default), keypoints (every frame alone), multiview (the same
-track id at the same frame in several cameras shares its body pose).
+Score model (`config.score_model`, read as `config.score_model_format`):
+  jhmr      (the default) a trained jhmr score model's folder, e.g. the `score_model` folder of a
+            `configs/scorehmr.py:cmu_prior` run (an unconditional motion-capture prior, the one
+            to use on real video); '' trains a prior on the shipped demo poses into
+            workdir/score_model (`config.prior`; enough for the example clip, not for real video).
+  official  ScoreHMR's released `model-100.pt` (`jhmr.convert.scorehmr`), conditioned on PARE
+            pose features.
+A conditional score model needs `config.features` = dict(kind='pare', pare_checkpoint=PARE's
+`pare_checkpoint.ckpt`, pare_stats=`pare_feat_stats.npz`) and the video (`config.inputs.video`):
+each tracklet frame's box (interpolated on filled gaps) is cropped as ScoreHMR's video demo does
+(the square of side max(w, h) on the box, 224 x 224, no padding), PARE runs on the crops in
+batches (`jhmr.pipelines.image_to_mesh.run_pare`, compiled once) and its pose features,
+standardised with the statistics, condition every row. A setting that is missing or does not
+fit the score model is an InputError naming it.
+
+Guidance (`config.task`): video (keypoints + temporal smoothness per tracklet, the default),
+keypoints (every frame alone), multiview (the same track id at the same frame in several cameras
+shares its body pose).
 
 Outputs (per camera; in `workdir/view<k>/` when there are several): results.npz + results.json
 (`jhmr.io.results`, with the guidance iterations), overlay.mp4 (input | initial | ScoreHMR),
@@ -38,7 +50,6 @@ import pathlib
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import scipy.optimize
 from absl import logging
 
 from jhmr.body import load_body_model
@@ -48,13 +59,13 @@ from jhmr.errors import InputError
 from jhmr.geometry import cameras, rotations
 from jhmr.guidance.losses import rot6d_pose
 from jhmr.guidance.observation import Observation
-from jhmr.guidance.refinement import RefineResult, refine
-from jhmr.io import estimates, joint_maps, keypoints, track_handling, tracks
+from jhmr.guidance.refinement import RefineResult, net_from_params, refine
 from jhmr.io import results as results_lib
-from jhmr.io import video as video_io
 from jhmr.keys import KeySeq
+from jhmr.models import pare as pare_lib
 from jhmr.models.score_net import ScoreNet
-from jhmr.pipelines import refine_outputs
+from jhmr.pipelines import image_to_mesh, refine_outputs
+from jhmr.pipelines.refine_inputs import JOINT_SET, View, load_view, split_list, view_inputs
 from jhmr.pipelines.scorehmr import refine_config_for
 from jhmr.pipelines.stages import Stage
 from jhmr.train import checkpoint, trainer
@@ -62,45 +73,8 @@ from jhmr.train.task import ArraySource
 from jhmr.train.tasks import make_score_task
 
 TASKS = ("video", "keypoints", "multiview")
-TRACK_READERS = {
-  "phalp": tracks.read_phalp,
-  "scorehmr": tracks.read_scorehmr_tracks,
-  "wham": estimates.read_wham,
-  "gvhmr": estimates.read_gvhmr,
-}
-JOINT_SET = "openpose25"  # the keypoints guidance fits (ScoreHMR: BODY_25)
-
-
-@dataclasses.dataclass(frozen=True)
-class ViewInput:
-  """One camera's files ('' = not given)."""
-
-  tracks: str
-  keypoints: str = ""
-  video: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class View:
-  """One camera, read and prepared.
-
-  Attributes:
-    name: 'view<k>'.
-    tracklets: `jhmr.io.tracks.Track`s (one per track and shot, gaps filled), keypoints
-      [T, 25, 3] BODY_25 px.
-    image_size: (W, H) px. focal_length: (fx, fy) px. camera_center: (cx, cy) px.
-    frames: uint8 [F, H, W, 3] or None (no video given). fps: frames per second.
-    source: the input files.
-  """
-
-  name: str
-  tracklets: tuple
-  image_size: tuple[int, int]
-  focal_length: tuple[float, float]
-  camera_center: tuple[float, float]
-  frames: np.ndarray | None
-  fps: float
-  source: ViewInput
+SCORE_FORMATS = ("jhmr", "official")
+FEATURE_KINDS = ("none", "pare")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,205 +90,30 @@ class Rows:
   observed: np.ndarray
 
 
-# -- inputs -------------------------------------------------------------------------------------
-
-
-def _split(value: str) -> list[str]:
-  return [v.strip() for v in str(value or "").split(",")] if str(value or "").strip() else []
-
-
-def view_inputs(config, workdir) -> tuple[list[ViewInput], object | None]:
-  """The cameras' files, and the generated example (`refine_example.ExampleFiles`) or None."""
-  inputs = config.inputs
-  given = {k: _split(inputs[k]) for k in ("tracks", "keypoints", "video")}
-  if not given["tracks"]:
-    if given["keypoints"] or given["video"]:
-      raise InputError("config.inputs.tracks is required when keypoints or video are given")
-    from jhmr.pipelines import refine_example  # noqa: PLC0415 (renders: only for the example)
-
-    ex = config.example
-    files = refine_example.make_example(
-      pathlib.Path(workdir) / "example",
-      body_model=config.body_model,
-      num_people=ex.num_people,
-      num_frames=ex.num_frames,
-      image_size=tuple(ex.image_size),
-      fps=ex.fps,
-      keypoint_noise_px=ex.keypoint_noise_px,
-      seed=config.seed,
-    )
-    return [ViewInput(str(files.tracks), str(files.openpose_dir), str(files.video))], files
-  n = len(given["tracks"])
-  for key in ("keypoints", "video"):
-    if given[key] and len(given[key]) != n:
-      raise InputError(
-        f"config.inputs.{key} lists {len(given[key])} cameras, config.inputs.tracks {n}"
-      )
-  pad = lambda xs: xs or [""] * n  # noqa: E731
-  return [
-    ViewInput(*v) for v in zip(given["tracks"], pad(given["keypoints"]), pad(given["video"]))
-  ], None
-
-
-def track_format(path: str, fmt: str = "auto") -> str:
-  """The reader for `path`: `fmt`, or (auto) a folder -> scorehmr, .pt -> gvhmr, a .pkl whose
-  name holds 'wham' -> wham, another .pkl -> phalp."""
-  if fmt != "auto":
-    if fmt not in TRACK_READERS:
-      raise InputError(f"unknown tracks_format {fmt!r}; valid: auto, {', '.join(TRACK_READERS)}")
-    return fmt
-  p = pathlib.Path(path)
-  if p.is_dir():
-    return "scorehmr"
-  if p.suffix == ".pt":
-    return "gvhmr"
-  if p.suffix == ".pkl":
-    return "wham" if "wham" in p.name.lower() else "phalp"
-  raise InputError(f"{path}: cannot tell the tracks format; set config.inputs.tracks_format")
-
-
-def read_tracks(path: str, fmt: str = "auto") -> tracks.Tracks:
-  """Tracks of one camera in BODY_25 (FileNotFoundError naming a missing file)."""
-  if not pathlib.Path(path).exists():
-    raise FileNotFoundError(f"tracks file {path!r} not found")
-  fmt = track_format(path, fmt)
-  if fmt in ("phalp", "scorehmr"):
-    return TRACK_READERS[fmt](path, joint_set=JOINT_SET)
-  return TRACK_READERS[fmt](path)
-
-
-def _detections(path: str) -> dict[int, np.ndarray]:
-  """frame index -> BODY_25 detections [P, 25, 3] px from an OpenPose folder / COCO JSON."""
-  p = pathlib.Path(path)
-  if not p.exists():
-    raise FileNotFoundError(f"keypoints file or folder {path!r} not found")
-  if p.is_dir():
-    frames = keypoints.read_openpose(p)
-    kp = joint_maps.convert(frames.keypoints, frames.joint_set, JOINT_SET)
-    return {
-      int(f): np.asarray(kp[i, : frames.num_people[i]], np.float32)
-      for i, f in enumerate(frames.frame_index)
-    }
-  coco = keypoints.read_coco_results(p)
-  kp = np.asarray(joint_maps.convert(coco.keypoints, "coco17", JOINT_SET), np.float32)
-  out: dict[int, list] = {}
-  for image_id, person in zip(coco.image_id, kp):
-    out.setdefault(int(image_id), []).append(person)
-  return {f: np.stack(people) for f, people in out.items()}
-
-
-def _keypoint_box(kp: np.ndarray) -> np.ndarray:
-  """(x1, y1, x2, y2) of the detected points [K, 3] (NaN when none)."""
-  seen = kp[kp[:, 2] > 0, :2]
-  if not len(seen):
-    return np.full(4, np.nan, np.float32)
-  return np.concatenate([seen.min(0), seen.max(0)])
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """IoU [A, B] of boxes (x1, y1, x2, y2) [A, 4] and [B, 4]; 0 where either is NaN."""
-  lo = np.maximum(a[:, None, :2], b[None, :, :2])
-  hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-  inter = np.prod(np.clip(hi - lo, 0, None), -1)
-  area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), -1)  # noqa: E731
-  union = area(a)[:, None] + area(b)[None] - inter
-  iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-  return np.nan_to_num(iou, nan=0.0)
-
-
-def attach_keypoints(track_list, detections: dict[int, np.ndarray], min_iou: float = 0.3):
-  """Tracks with their keypoints replaced by the matched detections (Hungarian matching of track
-  boxes to detection boxes per frame, IoU >= `min_iou`; unmatched frames get none)."""
-  new_kp = {t.track_id: np.zeros_like(t.keypoints) for t in track_list}
-  frames = sorted({int(f) for t in track_list for f in t.frames})
-  for f in frames:
-    people = detections.get(f)
-    if people is None or not len(people):
-      continue
-    here = [(t, int(np.flatnonzero(t.frames == f)[0])) for t in track_list if f in t.frames]
-    track_boxes = np.stack([t.boxes[i] for t, i in here])
-    det_boxes = np.stack([_keypoint_box(p) for p in people])
-    iou = box_iou(track_boxes, det_boxes)
-    for r, c in zip(*scipy.optimize.linear_sum_assignment(-iou)):
-      if iou[r, c] >= min_iou:
-        t, i = here[r]
-        new_kp[t.track_id][i] = people[c]
-  return [dataclasses.replace(t, keypoints=new_kp[t.track_id]) for t in track_list]
-
-
-def load_view(index: int, source: ViewInput, config) -> View:
-  """Reads one camera's files and prepares its tracklets (`config.tracks`, `config.camera`).
-
-  A file that cannot be used raises `InputError` naming it (the readers' ValueErrors become
-  one, so the launcher prints them as one line)."""
-  try:
-    return _load_view(index, source, config)
-  except InputError:
-    raise
-  except ValueError as e:
-    raise InputError(str(e)) from e
-
-
-def _load_view(index: int, source: ViewInput, config) -> View:
-  read = read_tracks(source.tracks, config.inputs.tracks_format)
-  track_list = list(read)
-  if not track_list:
-    raise InputError(f"{source.tracks}: no tracks")
-  if source.keypoints:
-    track_list = attach_keypoints(track_list, _detections(source.keypoints), config.inputs.min_iou)
-    read = dataclasses.replace(read, tracks=tuple(track_list))
-  t = config.tracks
-  tracklets = track_handling.prepare_tracks(
-    read, t.min_length, t.max_tracks, t.min_confidence, t.min_shot_length
-  )
-  if not tracklets:
-    lengths = {tr.track_id: len(tr) for tr in track_list}
-    raise InputError(
-      f"{source.tracks}: no track is longer than config.tracks.min_length={t.min_length} frames "
-      f"with a shot longer than min_shot_length={t.min_shot_length} (track lengths: {lengths})"
-    )
-  frames, fps = None, float(config.inputs.fps or 30.0)
-  if source.video:
-    frames, read_fps = video_io.read_video_or_images(source.video)
-    fps = float(config.inputs.fps or read_fps or 30.0)
-    size = (frames.shape[2], frames.shape[1])
-  elif read.image_size is not None:
-    size = (read.image_size[1], read.image_size[0])
-  elif config.camera.image_size:
-    size = tuple(int(s) for s in config.camera.image_size)
-  else:
-    raise InputError(
-      f"{source.tracks}: the image size is unknown; give config.inputs.video or "
-      "config.camera.image_size=(W, H)"
-    )
-  focal = float(config.camera.focal_length or (read.focal_length or 0))
-  if not focal > 0:
-    raise InputError(
-      f"{source.tracks}: the focal length is unknown; set config.camera.focal_length"
-    )
-  return View(
-    name=f"view{index}",
-    tracklets=tuple(tracklets),
-    image_size=(int(size[0]), int(size[1])),
-    focal_length=(focal, focal),
-    camera_center=(size[0] / 2.0, size[1] / 2.0),
-    frames=frames,
-    fps=fps,
-    source=source,
-  )
-
-
 # -- refinement ---------------------------------------------------------------------------------
 
 
-def rows_and_observation(views: list[View], task: str, body_model) -> tuple[Rows, Observation]:
-  """Every tracklet frame of every camera as one Observation (groups per `task`)."""
+def _parts(views: list[View]) -> list[tuple[int, View, object, int]]:
+  """(view index, view, tracklet, global tracklet index) in row order."""
   parts = []
-  k = 0
   for v, view in enumerate(views):
     for tr in view.tracklets:
-      parts.append((v, view, tr, k))
-      k += 1
+      parts.append((v, view, tr, len(parts)))
+  return parts
+
+
+def row_boxes(views: list[View]) -> np.ndarray:
+  """The track box (x1, y1, x2, y2) px [R, 4] of every row, in Observation order (filled gaps:
+  the interpolated box)."""
+  return np.concatenate([np.asarray(tr.boxes, np.float64) for _, _, tr, _ in _parts(views)])
+
+
+def rows_and_observation(
+  views: list[View], task: str, body_model, features: np.ndarray | None = None
+) -> tuple[Rows, Observation]:
+  """Every tracklet frame of every camera as one Observation (groups per `task`); `features`
+  [R, C] (rows in this order, `pare_features`) condition the score model."""
+  parts = _parts(views)
   rows = Rows(
     view=np.concatenate([np.full(len(tr), v) for v, _, tr, _ in parts]),
     track_id=np.concatenate([np.full(len(tr), tr.track_id) for _, _, tr, _ in parts]),
@@ -349,6 +148,7 @@ def rows_and_observation(views: list[View], task: str, body_model) -> tuple[Rows
     group=np.asarray(group).reshape(-1),
     body_model=body_model,
     pose_format="axis_angle",
+    features=None if features is None else np.asarray(features, np.float32),
   )
   return rows, obs
 
@@ -375,12 +175,155 @@ def train_prior(config, workdir, body_model) -> dict:
   return {"params": state.ema_params}
 
 
+def _score_format(config) -> str:
+  fmt = config.get("score_model_format", "jhmr")
+  if fmt not in SCORE_FORMATS:
+    raise InputError(
+      f"unknown config.score_model_format {fmt!r}; valid: {', '.join(SCORE_FORMATS)}"
+    )
+  return fmt
+
+
 def score_params(config, workdir, body_model) -> tuple[dict, str]:
-  """(parameters, where from) of the unconditional score model."""
+  """(parameters, where from) of the score model (`config.score_model_format`)."""
+  if _score_format(config) == "official":
+    path = str(config.score_model or "")
+    if not path or not pathlib.Path(path).is_file():
+      raise InputError(
+        "config.score_model_format='official' needs config.score_model = ScoreHMR's "
+        f"model-100.pt; file {path!r} not found"
+      )
+    from jhmr.convert.scorehmr import load_checkpoint  # noqa: PLC0415 (torch-file reader)
+
+    try:
+      return load_checkpoint(path), path
+    except InputError as e:
+      raise InputError(f"config.score_model {path}: not a usable ScoreHMR checkpoint ({e})") from e
+    except (ValueError, KeyError, TypeError) as e:
+      raise InputError(
+        f"config.score_model {path}: not a ScoreHMR checkpoint ({type(e).__name__}: {e})"
+      ) from e
   if config.score_model:
     params = checkpoint.restore_params(config.score_model)
     return params, str(config.score_model)
   return train_prior(config, workdir, body_model), "trained on the demo poses (config.prior)"
+
+
+# -- image features (conditional score models) ---------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureModel:
+  """PARE and its feature statistics: ScoreHMR's conditioning features.
+
+  Attributes:
+    net: `image_to_mesh.Net` (the `Pare` module and its variables). stats: `FeatureStats`.
+    size: the crop side (224 for the released PARE). jit: compile PARE (once: every batch has
+      the same shape).
+  """
+
+  net: image_to_mesh.Net
+  stats: pare_lib.FeatureStats
+  size: int = pare_lib.INPUT_SIZE
+  jit: bool = True
+
+  @property
+  def dim(self) -> int:
+    return int(np.shape(self.stats.mean)[-1])
+
+
+def _features_kind(config) -> str:
+  kind = config.get("features", {}).get("kind", "none")
+  if kind not in FEATURE_KINDS:
+    raise InputError(f"unknown config.features.kind {kind!r}; valid: {', '.join(FEATURE_KINDS)}")
+  return kind
+
+
+def check_feature_settings(config) -> None:
+  """InputError naming the setting when `config.features` / the score model format cannot work
+  (checked before anything is read or trained): the official model needs kind='pare'; 'pare'
+  needs both files and every camera's video (the generated example has one)."""
+  kind, fmt = _features_kind(config), _score_format(config)
+  if fmt == "official" and kind != "pare":
+    raise InputError(
+      "config.score_model_format='official' (ScoreHMR's model-100.pt) is conditioned on PARE "
+      "features: set config.features.kind='pare' with config.features.pare_checkpoint and "
+      "config.features.pare_stats"
+    )
+  if kind == "none":
+    return
+  files = (("pare_checkpoint", "pare_checkpoint.ckpt"), ("pare_stats", "pare_feat_stats.npz"))
+  for name, what in files:
+    path = str(config.features.get(name) or "")
+    if not path:
+      raise InputError(f"config.features.kind='pare' needs config.features.{name} ({what})")
+    if not pathlib.Path(path).is_file():
+      raise InputError(f"config.features.{name}: file {path!r} not found")
+  tracks_given = split_list(config.inputs.tracks)
+  videos = split_list(config.inputs.video)
+  if tracks_given and (not videos or not all(videos)):
+    raise InputError(
+      "config.features.kind='pare' crops the frames: config.inputs.video is required "
+      "(one video per camera)"
+    )
+
+
+def feature_model(config) -> FeatureModel | None:
+  """The released PARE (`config.features.pare_checkpoint`) and statistics (`pare_stats`), or
+  None for kind 'none'."""
+  if _features_kind(config) == "none":
+    return None
+  from jhmr.convert.pare import load_pare_checkpoint  # noqa: PLC0415 (torch-file reader)
+
+  f = config.features
+  module = pare_lib.Pare()
+  variables = image_to_mesh.load_model_file(
+    "PARE checkpoint (config.features.pare_checkpoint)", f.pare_checkpoint,
+    lambda p: load_pare_checkpoint(p, module),
+  )  # fmt: skip
+  stats = image_to_mesh.load_model_file(
+    "PARE feature statistics (config.features.pare_stats)", f.pare_stats,
+    pare_lib.load_feature_stats,
+  )  # fmt: skip
+  return FeatureModel(image_to_mesh.Net(module, variables), stats)
+
+
+def pare_features(views: list[View], model: FeatureModel) -> np.ndarray:
+  """Standardised PARE features [R, C] of every row, in Observation order.
+
+  Per camera and frame, the boxes of the rows at that frame are cropped from the frame and run
+  through `image_to_mesh.run_pare` as one batch, padded to the most people in any frame (one
+  shape: PARE compiles once)."""
+  parts = _parts(views)
+  boxes = row_boxes(views)
+  view_of = np.concatenate([np.full(len(tr), v) for v, _, tr, _ in parts])
+  frame_of = np.concatenate([np.asarray(tr.frames) for _, _, tr, _ in parts])
+  track_of = np.concatenate([np.full(len(tr), tr.track_id) for _, _, tr, _ in parts])
+  keys = np.stack([view_of, frame_of], 1)
+  batches = [np.flatnonzero((keys == k).all(1)) for k in np.unique(keys, axis=0)]
+  width = max(len(b) for b in batches)
+  out = np.zeros((len(boxes), model.dim), np.float32)
+  logging.info("PARE features of %d rows (%d batches of %d)", len(boxes), len(batches), width)
+  for idx in batches:
+    view, frame = views[int(view_of[idx[0]])], int(frame_of[idx[0]])
+    if view.frames is None:
+      raise InputError(
+        f"{view.source.tracks}: PARE features need the frames; give config.inputs.video"
+      )
+    if not 0 <= frame < len(view.frames):
+      raise InputError(
+        f"{view.source.video}: has {len(view.frames)} frames, the tracks use frame {frame}"
+      )
+    padded = boxes[np.concatenate([idx, np.full(width - len(idx), idx[-1])])]
+    try:
+      feats = image_to_mesh.run_pare(
+        model.net, model.stats, view.frames[frame], padded, model.size, model.jit
+      )
+    except InputError as e:
+      tids = ", ".join(str(int(t)) for t in track_of[idx])
+      raise InputError(f"{view.source.video}: frame {frame}, tracks {tids}: {e}") from e
+    out[idx] = feats[: len(idx)]
+  return out
 
 
 def to_results(
@@ -436,31 +379,63 @@ def guidance_iterations(obs: Observation, result: RefineResult) -> tuple[np.ndar
   return pose, cam
 
 
+def check_conditioning(params, pare: FeatureModel | None) -> ScoreNet:
+  """The score network of `params`, after checking that `pare` fits it (InputError naming
+  config.features otherwise)."""
+  net = net_from_params(params)
+  if net.cond_dim and pare is None:
+    raise InputError(
+      f"the score model is conditioned on image features ({net.cond_dim}): set "
+      "config.features.kind='pare' with config.features.pare_checkpoint and pare_stats"
+    )
+  if not net.cond_dim and pare is not None:
+    raise InputError(
+      "the score model is unconditional: set config.features.kind='none' (or give a "
+      "conditional model, e.g. config.score_model_format='official')"
+    )
+  if pare is not None and pare.dim != net.cond_dim:
+    raise InputError(
+      f"config.features: PARE features have {pare.dim} dimensions, the score model is "
+      f"conditioned on {net.cond_dim}"
+    )
+  return net
+
+
 def refine_views(
-  config, views: list[View], params, body_model
+  config, views: list[View], params, body_model, pare: FeatureModel | None = None
 ) -> tuple[Rows, Observation, RefineResult]:
-  """Builds the observation of every camera and refines it with `config.task`'s guidance."""
+  """Builds the observation of every camera (with `pare`'s features when the score model is
+  conditional) and refines it with `config.task`'s guidance."""
   if config.task not in TASKS:
     raise InputError(f"unknown config.task {config.task!r}; valid: {', '.join(TASKS)}")
   if config.task == "multiview" and len(views) < 2:
     raise InputError("config.task='multiview' needs >= 2 cameras (comma-separated inputs)")
-  rows, obs = rows_and_observation(views, config.task, body_model)
+  check_conditioning(params, pare)
+  features = None if pare is None else pare_features(views, pare)
+  rows, obs = rows_and_observation(views, config.task, body_model, features)
   refine_config = refine_config_for(config.task, config.refine[config.task])
   logging.info("refining %d rows (%s guidance)", len(rows.frame), config.task)
   result = refine(params, obs, task=config.task, config=refine_config)
   return rows, obs, result
 
 
-def run(config, workdir) -> dict:
+def run(config, workdir, *, score=None, pare: FeatureModel | None = None) -> dict:
   """Reads the inputs (or makes the example), refines, writes every output; returns
-  {'views': [output folder per camera], 'summary': {...}}."""
+  {'views': [output folder per camera], 'summary': {...}}.
+
+  `score` = (params, description) and `pare` (a `FeatureModel`) replace the models named by
+  `config.score_model` / `config.features` (tests, notebooks)."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  if pare is None:
+    check_feature_settings(config)
   body_model = load_body_model(config.body_model)
   sources, example = view_inputs(config, workdir)
   views = [load_view(i, s, config) for i, s in enumerate(sources)]
-  params, prior_source = score_params(config, workdir, body_model)
-  rows, obs, result = refine_views(config, views, params, body_model)
+  params, prior_source = score if score is not None else score_params(config, workdir, body_model)
+  if pare is None:
+    pare = feature_model(config)
+  rows, obs, result = refine_views(config, views, params, body_model, pare)
 
   init_aa = _aa(obs.init_pose)
   iters_aa, iters_cam = guidance_iterations(obs, result)

@@ -16,7 +16,7 @@ import pytest
 from jhmr.body import load_body_model
 from jhmr.io import results, tracks
 from jhmr.io import video as video_io
-from jhmr.pipelines import refine, refine_outputs
+from jhmr.pipelines import refine, refine_inputs, refine_outputs
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -56,23 +56,23 @@ def _person(box):
 
 
 def test_track_format_by_name(tmp_path):
-  assert refine.track_format(str(tmp_path)) == "scorehmr"
-  assert refine.track_format("x/demo.pkl") == "phalp"
-  assert refine.track_format("x/wham_output.pkl") == "wham"
-  assert refine.track_format("x/hmr4d_results.pt") == "gvhmr"
-  assert refine.track_format("x/a.pkl", "wham") == "wham"
+  assert refine_inputs.track_format(str(tmp_path)) == "scorehmr"
+  assert refine_inputs.track_format("x/demo.pkl") == "phalp"
+  assert refine_inputs.track_format("x/wham_output.pkl") == "wham"
+  assert refine_inputs.track_format("x/hmr4d_results.pt") == "gvhmr"
+  assert refine_inputs.track_format("x/a.pkl", "wham") == "wham"
   with pytest.raises(ValueError, match="cannot tell"):
-    refine.track_format("x/a.txt")
+    refine_inputs.track_format("x/a.txt")
   with pytest.raises(ValueError, match="unknown tracks_format"):
-    refine.track_format("x/a.pkl", "vibe")
+    refine_inputs.track_format("x/a.pkl", "vibe")
   with pytest.raises(FileNotFoundError, match="nope.pkl"):
-    refine.read_tracks(str(tmp_path / "nope.pkl"))
+    refine_inputs.read_tracks(str(tmp_path / "nope.pkl"))
 
 
 def test_box_iou():
   a = np.array([[0, 0, 10, 10], [np.nan] * 4], np.float32)
   b = np.array([[5, 0, 15, 10], [0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
-  np.testing.assert_allclose(refine.box_iou(a, b), [[50 / 150, 1, 0], [0, 0, 0]], atol=1e-6)
+  np.testing.assert_allclose(refine_inputs.box_iou(a, b), [[50 / 150, 1, 0], [0, 0, 0]], atol=1e-6)
 
 
 def test_detections_are_matched_to_the_overlapping_track():
@@ -83,7 +83,7 @@ def test_detections_are_matched_to_the_overlapping_track():
     1: np.stack([_person(right), _person(left)]),
     2: np.stack([_person((100, 10, 150, 150))]),  # overlaps no track box: matched to none
   }
-  out = {t.track_id: t for t in refine.attach_keypoints(track_list, detections, min_iou=0.3)}
+  out = {t.track_id: t for t in refine_inputs.attach_keypoints(track_list, detections, min_iou=0.3)}
   np.testing.assert_array_equal(out[1].keypoints[0], detections[0][1])
   np.testing.assert_array_equal(out[1].keypoints[1], detections[1][1])
   np.testing.assert_array_equal(out[2].keypoints[0], detections[1][0])
@@ -91,7 +91,7 @@ def test_detections_are_matched_to_the_overlapping_track():
 
 
 def _view(track_list, name="view0"):
-  return refine.View(
+  return refine_inputs.View(
     name=name,
     tracklets=tuple(track_list),
     image_size=(320, 240),
@@ -99,7 +99,7 @@ def _view(track_list, name="view0"):
     camera_center=(160.0, 120.0),
     frames=None,
     fps=24.0,
-    source=refine.ViewInput(tracks="t.pkl"),
+    source=refine_inputs.ViewInput(tracks="t.pkl"),
   )
 
 
@@ -174,10 +174,10 @@ def test_bad_inputs_name_the_problem(tmp_path):
   config = _config()
   config.inputs.keypoints = "k/"
   with pytest.raises(ValueError, match="inputs.tracks is required"):
-    refine.view_inputs(config, tmp_path)
+    refine_inputs.view_inputs(config, tmp_path)
   config.inputs.update(tracks="a.pkl,b.pkl", keypoints="k/")
   with pytest.raises(ValueError, match="keypoints lists 1 cameras"):
-    refine.view_inputs(config, tmp_path)
+    refine_inputs.view_inputs(config, tmp_path)
   config.inputs.update(tracks=str(tmp_path / "missing.pkl"), keypoints="")
   with pytest.raises(FileNotFoundError, match="missing.pkl"):
     refine.run(config, tmp_path)
@@ -228,8 +228,8 @@ def _user_config(example, **inputs):
 def test_bad_user_files_are_input_errors_naming_the_file(example, tmp_path):
   from jhmr.errors import InputError
 
-  source = lambda config: refine.view_inputs(config, tmp_path)[0][0]  # noqa: E731
-  view = refine.load_view(0, source(_user_config(example)), _user_config(example))
+  source = lambda config: refine_inputs.view_inputs(config, tmp_path)[0][0]  # noqa: E731
+  view = refine_inputs.load_view(0, source(_user_config(example)), _user_config(example))
   assert [len(t) for t in view.tracklets] == [example.num_frames] * 2
   assert view.frames.shape[0] == example.num_frames
   # Malformed OpenPose JSON.
@@ -238,18 +238,18 @@ def test_bad_user_files_are_input_errors_naming_the_file(example, tmp_path):
   (bad_kp / "000000_keypoints.json").write_text('{"version": 1.3, "people": [')
   config = _user_config(example, keypoints=str(bad_kp))
   with pytest.raises(InputError, match="000000_keypoints.json"):
-    refine.load_view(0, source(config), config)
+    refine_inputs.load_view(0, source(config), config)
   # A keypoint file with the wrong joint count.
   (bad_kp / "000000_keypoints.json").write_text(
     '{"version": 1.3, "people": [{"pose_keypoints_2d": [1, 2, 0.5, 3, 4, 0.5]}]}'
   )
   with pytest.raises(InputError, match="000000_keypoints.json"):
-    refine.load_view(0, source(config), config)
+    refine_inputs.load_view(0, source(config), config)
   # A video that cannot be decoded.
   (tmp_path / "broken.mp4").write_bytes(example.video.read_bytes()[:300])
   config = _user_config(example, video=str(tmp_path / "broken.mp4"))
   with pytest.raises(InputError, match="broken.mp4"):
-    refine.load_view(0, source(config), config)
+    refine_inputs.load_view(0, source(config), config)
   # A pickle carrying a foreign global: refused by name, nothing runs.
   import pickle
 
@@ -257,12 +257,12 @@ def test_bad_user_files_are_input_errors_naming_the_file(example, tmp_path):
   evil.write_bytes(pickle.dumps({"x": dataclasses.replace}))
   config = _user_config(example, tracks=str(evil), keypoints="")
   with pytest.raises(InputError, match="dataclasses"):
-    refine.load_view(0, source(config), config)
+    refine_inputs.load_view(0, source(config), config)
   # Tracks too short for the demo's thresholds: the lengths are named.
   config = _user_config(example)
   config.tracks.min_length = 100
   with pytest.raises(InputError, match=r"min_length=100.*track lengths"):
-    refine.load_view(0, source(config), config)
+    refine_inputs.load_view(0, source(config), config)
 
 
 def test_launcher_prints_a_corrupt_tracks_file_in_one_line(example, tmp_path):
@@ -276,3 +276,112 @@ def test_launcher_prints_a_corrupt_tracks_file_in_one_line(example, tmp_path):
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and str(broken) in last
+
+
+# -- PARE-conditioned score models (config.features, config.score_model_format) ----------------
+
+
+@pytest.fixture(scope="module")
+def tiny_pare():
+  """A RANDOM tiny PARE (shapes-only variables, no `init` compile) with random statistics, and
+  a RANDOM conditional ScoreNet whose cond_dim is PARE's feature size."""
+  import jax.numpy as jnp
+
+  from jhmr.models import pare as pare_lib
+  from jhmr.models.score_net import ScoreNet
+  from jhmr.pipelines import image_to_mesh as itm
+
+  module, size = itm.TINY_CONFIGS.pare, itm.TINY_CONFIGS.pare_size
+  variables = itm.random_variables(module, jnp.zeros((1, size, size, 3)), seed=1)
+  dim = module.num_deconv_filters * 24
+  rng = np.random.default_rng(0)
+  stats = pare_lib.FeatureStats(
+    rng.normal(size=dim).astype(np.float32), rng.uniform(0.5, 2.0, dim).astype(np.float32)
+  )
+  model = refine.FeatureModel(itm.Net(module, variables), stats, size=size)
+  net = ScoreNet(cond_dim=dim, hidden=16, num_blocks=1)
+  x = (jnp.zeros((1, net.pose_dim)), jnp.zeros((1,), jnp.int32), jnp.zeros((1, dim)))
+  return model, itm.random_variables(net, *x, seed=2)
+
+
+@pytest.mark.timeout(600)
+def test_pare_conditioned_refinement_of_the_example(example, tiny_pare, tmp_path, monkeypatch):
+  """The example clip refines end to end with PARE features, which are PARE on the crops of the
+  track boxes, in row order."""
+  import jax.numpy as jnp
+
+  from jhmr.data import crops
+  from jhmr.models import pare as pare_lib
+
+  model, params = tiny_pare
+  seen = {}
+  make_rows = refine.rows_and_observation
+
+  def spy(views, task, body_model, features=None):
+    seen.update(views=views, features=features)
+    seen["rows"], seen["obs"] = make_rows(views, task, body_model, features)
+    return seen["rows"], seen["obs"]
+
+  monkeypatch.setattr(refine, "rows_and_observation", spy)
+  config = _user_config(example)
+  config.outputs.update(video=False, png_frames=1)
+  out = refine.run(config, tmp_path, score=(params, "random conditional"), pare=model)
+  res = results.load_results(tmp_path / "results.npz")
+  assert res.has_refinement and np.isfinite(res.body_pose).all()
+  assert set(out["summary"]["view0"]) == {int(t) for t in res.track_ids}
+  # The features refine was given: one row of the second track, by hand.
+  (view,), rows = seen["views"], seen["rows"]
+  features = np.asarray(seen["obs"].features)
+  np.testing.assert_array_equal(features, seen["features"])
+  assert features.shape == (len(rows.frame), model.dim) and np.isfinite(features).all()
+  first = len(view.tracklets[0])
+  tr = view.tracklets[1]
+  r = first + 3
+  assert rows.track_id[r] == tr.track_id and rows.frame[r] == tr.frames[3]
+  crop = crops.crop_for_pare(view.frames[tr.frames[3]], tr.boxes[3], model.size)
+  pare_out = model.net.module.apply(model.net.variables, jnp.asarray(crop)[None])
+  want = pare_lib.standardise(pare_lib.features(pare_out), model.stats)[0]
+  np.testing.assert_allclose(features[r], np.asarray(want), rtol=1e-4, atol=1e-4)
+  assert not np.allclose(features[r], features[r - first])  # the other person, same frame
+
+
+def test_feature_settings_name_what_is_missing(example, tiny_pare, tmp_path):
+  from jhmr.errors import InputError
+
+  model, params = tiny_pare
+  config = _user_config(example)
+  config.features.kind = "pare"
+  with pytest.raises(InputError, match="config.features.pare_checkpoint"):
+    refine.run(config, tmp_path)
+  ckpt = tmp_path / "pare_checkpoint.ckpt"
+  ckpt.write_bytes(b"x")
+  config.features.pare_checkpoint = str(ckpt)
+  with pytest.raises(InputError, match="config.features.pare_stats"):
+    refine.run(config, tmp_path)
+  config.features.pare_stats = str(tmp_path / "missing.npz")
+  with pytest.raises(InputError, match=r"config.features.pare_stats.*missing.npz"):
+    refine.run(config, tmp_path)
+  config.features.pare_stats = str(ckpt)
+  config.inputs.video = ""
+  with pytest.raises(InputError, match="config.inputs.video"):
+    refine.run(config, tmp_path)
+  # The official model needs features; its file is checked by name.
+  config = _user_config(example, tracks=str(tmp_path / "missing.pkl"))
+  config.score_model_format = "official"
+  with pytest.raises(InputError, match="config.features.kind='pare'"):
+    refine.run(config, tmp_path)
+  config.features.update(kind="pare", pare_checkpoint=str(ckpt), pare_stats=str(ckpt))
+  with pytest.raises(InputError, match="config.score_model"):
+    refine.score_params(config, tmp_path, None)
+  # A conditional model without features, an unconditional one with them.
+  with pytest.raises(InputError, match="config.features.kind='pare'"):
+    refine.check_conditioning(params, None)
+  import jax.numpy as jnp
+
+  from jhmr.models.score_net import ScoreNet
+  from jhmr.pipelines import image_to_mesh as itm
+
+  net = ScoreNet(cond_dim=0, hidden=8, num_blocks=1)
+  plain = itm.random_variables(net, jnp.zeros((1, net.pose_dim)), jnp.zeros((1,), jnp.int32))
+  with pytest.raises(InputError, match="config.features.kind='none'"):
+    refine.check_conditioning(plain, model)
