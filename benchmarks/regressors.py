@@ -165,10 +165,10 @@ def randomized_reference(name: str, seed: int = 0):
   torch.manual_seed(seed)
   ref = torch_reference(name)
   if name == "pare":
-    from tests.convert.hrnet_test import randomize as randomize_hrnet
     from tests.convert.pare_test import randomize as randomize_head
+    from tests.torch_reference import randomize_conv_bn
 
-    randomize_hrnet(ref.backbone, seed=1)
+    randomize_conv_bn(ref.backbone, seed=1)
     randomize_head(ref.head, seed=2)
     return ref.eval()
   g = torch.Generator().manual_seed(seed + 1)

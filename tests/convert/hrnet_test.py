@@ -18,6 +18,9 @@ from jhmr.convert.hrnet import IGNORED_KEYS, convert_hrnet, hrnet_rules, torch_k
 from jhmr.models.hrnet import HRNET_W32, HRNet, HRNetConfig
 
 torch = pytest.importorskip("torch")
+
+from tests.torch_reference import randomize_conv_bn, rel_err  # noqa: E402
+
 nn = torch.nn
 
 TINY = HRNetConfig(
@@ -170,38 +173,13 @@ class PoseHighResolutionNet(nn.Module):
     return torch.cat([xs[0], *ups], 1), xs
 
 
-def randomize(module, seed=0):
-  """He-scaled conv weights; BN scale, shift, running mean and variance all random."""
-  g = torch.Generator().manual_seed(seed)
-  rand = lambda shape: torch.rand(shape, generator=g)
-  with torch.no_grad():
-    for m in module.modules():
-      if isinstance(m, nn.Conv2d):
-        fan_in = m.weight[0].numel()
-        m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2 / fan_in) ** 0.5)
-        if m.bias is not None:
-          m.bias.copy_(rand(m.bias.shape) - 0.5)
-      elif isinstance(m, nn.BatchNorm2d):
-        m.weight.copy_(0.5 + rand(m.weight.shape))
-        m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
-        m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
-        m.running_var.copy_(0.5 + 1.5 * rand(m.running_var.shape))
-  return module.eval()
-
-
-def rel_err(ours, ref):
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  assert ours.shape == ref.shape, (ours.shape, ref.shape)
-  return float(np.abs(ours - ref).max() / np.abs(ref).max())
-
-
 # ----------------------------------------------------------------------------- tests
 
 
 @pytest.fixture(scope="module")
 def tiny():
   torch.manual_seed(0)
-  return randomize(PoseHighResolutionNet(TINY))
+  return randomize_conv_bn(PoseHighResolutionNet(TINY))
 
 
 def test_matches_the_pytorch_oracle(tiny):

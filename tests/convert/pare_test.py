@@ -25,6 +25,9 @@ from jhmr.errors import InputError
 from jhmr.models.pare import IMAGENET_MEAN, IMAGENET_STD, Pare, PareHead
 
 torch = pytest.importorskip("torch")
+
+from tests.torch_reference import randomize_conv_bn, rel_err  # noqa: E402
+
 nn = torch.nn
 F = torch.nn.functional
 
@@ -120,30 +123,15 @@ class TorchPareHead(nn.Module):
 
 
 def randomize(module, seed=0):
-  """He-scaled weights; BN scale, shift, running mean and variance all random."""
-  g = torch.Generator().manual_seed(seed)
-  rand = lambda shape: torch.rand(shape, generator=g)
+  """`randomize_conv_bn` (Conv / Linear / BatchNorm incl. running statistics) plus random
+  LocallyConnected2d weights."""
+  randomize_conv_bn(module, seed)
+  g = torch.Generator().manual_seed(seed + 1)
   with torch.no_grad():
     for m in module.modules():
-      if isinstance(m, nn.Conv2d | nn.Linear):
-        fan_in = m.weight[0].numel()
-        m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2 / fan_in) ** 0.5)
-        if m.bias is not None:
-          m.bias.copy_(rand(m.bias.shape) - 0.5)
-      elif isinstance(m, nn.BatchNorm2d):
-        m.weight.copy_(0.5 + rand(m.weight.shape))
-        m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g))
-        m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
-        m.running_var.copy_(0.5 + 1.5 * rand(m.running_var.shape))
-      elif isinstance(m, LocallyConnected2d):
+      if isinstance(m, LocallyConnected2d):
         m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.1)
   return module.eval()
-
-
-def rel_err(ours, ref):
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  assert ours.shape == ref.shape, (ours.shape, ref.shape)
-  return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
 def lightning(state):
@@ -247,9 +235,8 @@ def test_whole_pare_matches_the_oracle_and_checkpoint_file(tmp_path):
   import jax
 
   from tests.convert.hrnet_test import TINY, PoseHighResolutionNet
-  from tests.convert.hrnet_test import randomize as randomize_hrnet
 
-  backbone = randomize_hrnet(PoseHighResolutionNet(TINY), seed=1)
+  backbone = randomize_conv_bn(PoseHighResolutionNet(TINY), seed=1)
   head = randomize(TorchPareHead(sum(TINY.widths), filters=16, smpl_features=8), seed=2)
   state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
   state.update({f"head.{k}": v for k, v in head.state_dict().items()})
