@@ -35,27 +35,16 @@ from jhmr.convert.dpmesh_regressor import convert_dpmesh_regressor  # noqa: E402
 from jhmr.models.controlnet import ControlNet  # noqa: E402
 from jhmr.models.dpmesh_backbone import DPMeshBackbone, DPMeshBackboneConfig  # noqa: E402
 from jhmr.models.dpmesh_regressor import DPMESH_REGRESSOR_TINY  # noqa: E402
+from tests.models.dpmesh_backbone_test import TORCH_UNET, TORCH_VAE  # noqa: E402
 from tests.models.dpmesh_regressor_test import Regressor  # noqa: E402
 from tests.torch_reference import nchw, nhwc, randomize, rel_err  # noqa: E402
 
 CFG = DPMeshBackboneConfig.tiny(prompt="released", image_range="unit", latent_scale=1.0)
 RCFG = dataclasses.replace(DPMESH_REGRESSOR_TINY, in_channels=CFG.fusion_channels)
 J, R = CFG.num_joints, CFG.lora_rank
-UNET_KW = dict(
-  block_out_channels=CFG.unet.block_out_channels,
-  layers_per_block=2,
-  cross_attention_dim=CFG.token_dim,
-  attention_head_dim=2,
-  norm_num_groups=8,
-)
-VAE_KW = dict(
-  block_out_channels=(8, 8),
-  down_block_types=("DownEncoderBlock2D",) * 2,
-  up_block_types=("UpDecoderBlock2D",) * 2,
-  layers_per_block=1,
-  norm_num_groups=4,
-  sample_size=64,
-)
+# The tiny diffusers models of the backbone test (ControlNetModel takes no `sample_size`).
+UNET_KW = {k: v for k, v in TORCH_UNET.items() if k != "sample_size"}
+VAE_KW = TORCH_VAE
 UNET_PREFIX = "backbone.sd_model.model.diffusion_model."
 # cloneofsimo's targets in the ldm U-Net: every Linear of CrossAttention and GEGLU (notes §10).
 LORA_TARGET = re.compile(r".*\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.0\.proj)\.weight")
