@@ -38,6 +38,7 @@ import struct
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from jhmr.io.files import atomic_path
 from jhmr.io.tracks import check_track_arrays
 
 GLB_MAGIC = 0x46546C67  # b"glTF" little-endian
@@ -286,5 +287,5 @@ def export_glb(
     name: name of the mesh, skin and scene.
   """
   data = build_glb(body_model, betas, global_orient, body_pose, transl, fps, frame=frame, name=name)
-  with open(path, "wb") as f:
+  with atomic_path(path) as tmp, open(tmp, "wb") as f:
     f.write(data)
