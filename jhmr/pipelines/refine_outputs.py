@@ -42,9 +42,11 @@ def frame_slots(res: Results, frames: np.ndarray) -> tuple[np.ndarray, np.ndarra
   return rows, ids
 
 
-def render(body_model, res: Results, frames: np.ndarray, backgrounds, chunk: int = 8) -> np.ndarray:
+def render(
+  body_model, res: Results, frames: np.ndarray, backgrounds, chunk: int = 8, verts=None
+) -> np.ndarray:
   """The people of `res` over `backgrounds` [T, H, W, 3] uint8 at `frames` [T] -> uint8 images."""
-  verts = vertices(body_model, res)
+  verts = vertices(body_model, res) if verts is None else verts  # [N, V, 3] camera frame
   rows, ids = frame_slots(res, frames)
   colors = people.person_colors(max(len(ids), 1))
   k = res.intrinsics[0]
@@ -131,21 +133,21 @@ def write_all(out, view, initial: Results, refined: Results, body_model, outputs
     backgrounds = view.frames[np.clip(frames, 0, len(view.frames) - 1)]
   else:
     backgrounds = np.full((len(frames), h, w, 3), BACKGROUND, np.uint8)
+  refined_verts = vertices(body_model, refined)  # for the overlay and the OBJ meshes
   panels = [
     _with_keypoints(backgrounds, refined, frames),
     render(body_model, initial, frames, backgrounds),
-    render(body_model, refined, frames, backgrounds),
+    render(body_model, refined, frames, backgrounds, verts=refined_verts),
   ]
   video = np.concatenate(panels, axis=2)
   if outputs.video:
     video_io.write_mp4(out / "overlay.mp4", video, fps=view.fps)
   picks = np.unique(np.linspace(0, len(frames) - 1, outputs.png_frames).round().astype(int))
-  verts = vertices(body_model, refined)
   for t in picks:
     overlay.save_png(out / f"overlay_{int(frames[t]):06d}.png", video[t])
     for r in np.flatnonzero(refined.frame == frames[t]):
       name = f"track{int(refined.track_id[r])}_{int(frames[t]):06d}.obj"
-      mesh_io.export_obj(out / "meshes" / name, verts[r], body_model.faces)
+      mesh_io.export_obj(out / "meshes" / name, refined_verts[r], body_model.faces)
   export_tracks(out, body_model, refined, view.fps)
   summary = summarize(initial, refined, example)
   (out / "summary.md").write_text(summary_markdown(summary))
