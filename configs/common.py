@@ -35,6 +35,9 @@ def trainer_config(
         data_threads=2,  # input pipeline reader threads (none of these changes a batch)
         data_prefetch=4,  # batches prefetched
         data_workers=0,  # > 0: that many worker processes read and augment
+        # 'replicated' or 'fsdp' (parameters, optimiser state and EMA sharded over the devices)
+        param_sharding="replicated",
+        fsdp_min_size=2**14,  # 'fsdp' leaves a leaf with fewer elements replicated
       ),
       optimizer=dict(
         name="adam",
@@ -46,6 +49,9 @@ def trainer_config(
         b2=0.999,
         weight_decay=0.0,
         clip_norm=1.0,
+        # Peak rate per parameter group of a task with `param_labels` (a group not named here
+        # uses learning_rate); one schedule shape for all.
+        group_learning_rates={},
       ),
       # ema_pytorch.EMA's arguments: ScoreHMR's beta and update_every, ema-pytorch's defaults for
       # the rest. beta=0 turns the EMA off (ema_params = params).

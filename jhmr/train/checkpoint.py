@@ -14,6 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jhmr.errors import InputError
+from jhmr.train.state import merge
 
 
 def make_manager(directory, *, keep: int = 2, asynchronous: bool = True) -> ocp.CheckpointManager:
@@ -79,4 +80,7 @@ def restore_params(directory, field: str = "ema_params") -> dict:
     raise KeyError(
       f"checkpoint {str(directory)!r} step {step} has no {field!r} (has {sorted(state)})"
     )
-  return {"params": jax.tree.map(np.asarray, state[field])}
+  params = state[field]
+  if field == "ema_params" and "params" in state:  # frozen leaves (Task.param_labels) are None
+    params = merge(params, state["params"])
+  return {"params": jax.tree.map(np.asarray, params)}

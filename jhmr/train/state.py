@@ -18,7 +18,11 @@ PyTree = Any
 
 @flax.struct.dataclass
 class TrainState:
-  """step [] int32, params / model_state / opt_state / ema_params pytrees, rng [2] uint32."""
+  """step [] int32, params / model_state / opt_state / ema_params pytrees, rng [2] uint32.
+
+  With `Task.param_labels`, `opt_state` and `ema_params` cover the trainable leaves only: the
+  frozen ones are `None` there (`averaged_params()` fills them in from `params`).
+  """
 
   step: jax.Array
   params: PyTree
@@ -27,14 +31,20 @@ class TrainState:
   ema_params: PyTree
   rng: jax.Array
 
+  def averaged_params(self) -> PyTree:
+    """The EMA parameters with every leaf: frozen leaves are taken from `params`."""
+    return merge(self.ema_params, self.params)
 
-def make_schedule(config) -> optax.Schedule:
+
+def make_schedule(config, peak: float | None = None) -> optax.Schedule:
   """Learning-rate schedule from `config.optimizer`: constant | cosine | linear, with warm-up.
 
-  Fields: learning_rate, schedule, warmup_steps, and (for decays) `config.train.steps`.
+  Fields: learning_rate (the peak, unless `peak` is given: a parameter group's own peak with the
+  same shape), schedule, warmup_steps, final_lr_fraction, and (for decays) `config.train.steps`.
   """
   opt = config.optimizer
-  lr, warmup, steps = opt.learning_rate, opt.get("warmup_steps", 0), config.train.steps
+  lr = opt.learning_rate if peak is None else peak
+  warmup, steps = opt.get("warmup_steps", 0), config.train.steps
   decay_steps = max(steps - warmup, 1)
   if opt.schedule == "constant":
     main = optax.constant_schedule(lr)
@@ -49,22 +59,69 @@ def make_schedule(config) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  """Gradient-norm clipping followed by adam / adamw / sgd with the configured schedule."""
+FROZEN = "frozen"
+"""The parameter-group label of leaves the optimiser never updates (`Task.param_labels`)."""
+
+
+def _base_optimizer(config, schedule) -> optax.GradientTransformation:
   opt = config.optimizer
-  schedule = make_schedule(config)
   if opt.name == "adam":
-    tx = optax.adam(schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999))
-  elif opt.name == "adamw":
-    tx = optax.adamw(
+    return optax.adam(schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999))
+  if opt.name == "adamw":
+    return optax.adamw(
       schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999), weight_decay=opt.weight_decay
     )
-  elif opt.name == "sgd":
-    tx = optax.sgd(schedule, momentum=opt.get("momentum", 0.9))
-  else:
-    raise ValueError(f"unknown optimizer {opt.name!r}; valid: adam, adamw, sgd")
+  if opt.name == "sgd":
+    return optax.sgd(schedule, momentum=opt.get("momentum", 0.9))
+  raise ValueError(f"unknown optimizer {opt.name!r}; valid: adam, adamw, sgd")
+
+
+def group_learning_rates(config, groups) -> dict[str, float]:
+  """Peak learning rate per trainable group: `optimizer.group_learning_rates[g]`, else
+  `optimizer.learning_rate`. Raises ValueError for a configured group no parameter carries."""
+  opt = config.optimizer
+  configured = dict(opt.get("group_learning_rates", None) or {})
+  unknown = sorted(set(configured) - set(groups))
+  if unknown:
+    raise ValueError(
+      f"optimizer.group_learning_rates names {unknown}, which no parameter carries "
+      f"(the task's groups: {sorted(groups)})"
+    )
+  return {g: float(configured.get(g, opt.learning_rate)) for g in groups}
+
+
+def make_optimizer(config, labels: PyTree | None = None) -> optax.GradientTransformation:
+  """Gradient-norm clipping followed by adam / adamw / sgd with the configured schedule.
+
+  `labels` (a group name per parameter leaf, `Task.param_labels`) gives every group its own
+  optimiser at its own peak rate (`group_learning_rates`, one schedule shape); the clipping norm
+  is taken over all trainable gradients together. Leaves labelled `FROZEN` must be left out of
+  the updated tree by the caller (see `partition`): here they would be zeroed, with no state.
+  """
+  opt = config.optimizer
   clip = opt.get("clip_norm", 0.0)
+  if labels is None:
+    tx = _base_optimizer(config, make_schedule(config))
+  else:
+    groups = sorted({g for g in jax.tree.leaves(labels) if g != FROZEN})
+    rates = group_learning_rates(config, groups)
+    transforms = {g: _base_optimizer(config, make_schedule(config, rates[g])) for g in groups}
+    transforms[FROZEN] = optax.set_to_zero()
+    tx = optax.multi_transform(transforms, labels)
   return optax.chain(optax.clip_by_global_norm(clip), tx) if clip else tx
+
+
+def partition(params: PyTree, labels: PyTree) -> tuple[PyTree, PyTree]:
+  """(trainable, frozen): `params` split by `labels`, each with `None` where the other has a
+  leaf (`merge` undoes it)."""
+  trainable = jax.tree.map(lambda p, g: None if g == FROZEN else p, params, labels)
+  frozen = jax.tree.map(lambda p, g: p if g == FROZEN else None, params, labels)
+  return trainable, frozen
+
+
+def merge(a: PyTree, b: PyTree) -> PyTree:
+  """The leaf of `a` where it has one, else the leaf of `b` (inverse of `partition`)."""
+  return jax.tree.map(lambda x, y: y if x is None else x, a, b, is_leaf=lambda x: x is None)
 
 
 def ema_decay(

@@ -8,6 +8,14 @@ Every method (HMR regressor, ScoreHMR score model, DPMesh heads, ...) is trained
   source                                      random-access examples: len() and [i] -> example
   transforms                                  per-example `transform(example, rng) -> example`
   evaluate(params, state, step) -> metrics    optional periodic evaluation hook (EMA params)
+  param_labels(params) -> labels              optional: a group name per parameter leaf; 'frozen'
+                                              leaves are never updated and get no gradient or
+                                              optimiser state; the other groups take their
+                                              learning rates from `optimizer.group_learning_rates`
+  initial_variables                           optional concrete starting variables: the trainer
+                                              places them as they are instead of jitting `init`
+                                              (an SD-size init compiles for minutes, and weights
+                                              closed over by a jitted init become constants)
 
 `state` holds the non-trained collections (e.g. BatchNorm `batch_stats`), `{}` when there are none.
 An example is a pytree of numpy arrays (a dict, a `jhmr.data.example.PersonExample`, ...); the
@@ -40,10 +48,14 @@ class Task:
   source: Sequence[PyTree]
   transforms: Sequence[Transform] = ()
   evaluate: Callable[[PyTree, PyTree, int], dict] | None = None
+  param_labels: Callable[[PyTree], PyTree] | None = None
+  initial_variables: PyTree | None = None
 
   def __post_init__(self):
     if len(self.source) == 0:
       raise ValueError(f"task {self.name!r}: the data source is empty")
+    if self.initial_variables is not None and "params" not in self.initial_variables:
+      raise ValueError(f"task {self.name!r}: initial_variables has no 'params' collection")
 
   def batch_spec(self, batch_size: int) -> PyTree:
     """A batch of zeros shaped like the pipeline's: `source[0]` after the transforms (with a

@@ -84,6 +84,7 @@ def main(argv):
   parser.add_argument("--process_id", type=int, default=0)
   parser.add_argument("--no_checkpoints", action="store_true")
   parser.add_argument("--log_every", type=int, default=5)
+  parser.add_argument("--fsdp", action="store_true", help="shard every divisible leaf")
   args = parser.parse_args(argv)
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -103,8 +104,13 @@ def main(argv):
   config.train.log_every = args.log_every
   if args.no_checkpoints:
     config.train.checkpoint_every = 10**9
+  if args.fsdp:
+    config.train.param_sharding = "fsdp"
+    config.train.fsdp_min_size = 1
   print(f"devices={jax.device_count()} processes={jax.process_count()}", flush=True)
   state = trainer.train(config, args.workdir, make_task(args.sleep))
+  sharded = [x for x in jax.tree.leaves(state) if not x.sharding.is_fully_replicated]
+  print(f"sharded_leaves={len(sharded)}", flush=True)
   if args.out and jax.process_index() == 0:
     flat = {
       "/".join(str(k.key) for k in path): np.asarray(jax.device_get(leaf))

@@ -137,6 +137,87 @@ def test_eight_devices_match_one_device(reference, tmp_path):
 
 
 @pytest.mark.timeout(240)
+def test_eight_devices_fsdp_match_one_device(reference, tmp_path):
+  _, flat = reference
+  out = tmp_path / "fsdp.npz"
+  proc = _script(tmp_path / "fsdp", STEPS, "--devices", 8, "--fsdp", "--out", out)
+  try:
+    log = proc.communicate(timeout=150)[0]
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, log[-3000:]
+  # the 5x16 and 16x3 kernels, their Adam moments and EMA, BatchNorm's 16-vectors: all sharded
+  assert int(log.split("sharded_leaves=")[1].split()[0]) >= 12, log[-2000:]
+  _assert_same(np.load(out), flat, atol=2e-5)
+
+
+def test_fsdp_spec_picks_the_largest_divisible_axis():
+  from jax.sharding import PartitionSpec as P
+
+  assert trainer.fsdp_spec((320, 1280), 8) == P(None, "data")
+  assert trainer.fsdp_spec((3, 3, 320, 320), 8) == P(None, None, "data", None)  # first on ties
+  assert trainer.fsdp_spec((7, 9999), 8, min_size=1) == P()  # nothing divides
+  assert trainer.fsdp_spec((16,), 8) == P()  # small leaves stay replicated
+  assert trainer.fsdp_spec((16,), 8, min_size=1) == P("data")
+  assert trainer.fsdp_spec((1024, 1024), 1) == P()
+
+
+def _grouped_task(initial_variables=None):
+  """The toy task with parameter groups: the first Dense frozen, BatchNorm 'norm', the rest
+  'head'."""
+  import dataclasses
+
+  task = toy.make_task()
+
+  def labels(params):
+    return {
+      name: jax.tree.map(
+        lambda _, n=name: "frozen" if n == "Dense_0" else "norm" if "BatchNorm" in n else "head",
+        tree,
+      )
+      for name, tree in params.items()
+    }
+
+  return dataclasses.replace(task, param_labels=labels, initial_variables=initial_variables)
+
+
+def test_param_groups_frozen_leaves_and_group_rates(tmp_path):
+  init = toy.make_task().init(jax.random.key(1), toy.make_task().batch_spec(16))
+  init = jax.tree.map(np.asarray, init)
+  config = toy.make_config(10)
+  config.optimizer.group_learning_rates = {"norm": 0.0}
+  state = trainer.train(config, tmp_path / "groups", _grouped_task(init))
+  params = jax.device_get(state.params)
+  # frozen: the given weights, no optimiser state, no EMA copy
+  np.testing.assert_array_equal(params["Dense_0"]["kernel"], init["params"]["Dense_0"]["kernel"])
+  assert state.ema_params["Dense_0"]["kernel"] is None
+  frozen_shape = init["params"]["Dense_0"]["kernel"].shape  # (5, 16): no other leaf has it
+  assert [np.shape(x) for x in jax.tree.leaves(state.opt_state)].count(frozen_shape) == 0
+  averaged = state.averaged_params()
+  np.testing.assert_array_equal(averaged["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
+  # a group at rate 0 keeps its start, the head group learns
+  np.testing.assert_array_equal(
+    params["BatchNorm_0"]["scale"], init["params"]["BatchNorm_0"]["scale"]
+  )
+  assert np.abs(params["Dense_1"]["kernel"] - init["params"]["Dense_1"]["kernel"]).max() > 1e-3
+  # resuming a grouped run (checkpoints with None leaves) reaches the uninterrupted result
+  for steps in (5, 10):
+    config = toy.make_config(steps)
+    config.optimizer.group_learning_rates = {"norm": 0.0}
+    full = trainer.train(config, tmp_path / "resumed", _grouped_task(init))
+    assert int(full.step) == steps
+  for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(state.params)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_a_group_rate_nobody_carries_raises(tmp_path):
+  config = toy.make_config(2)
+  config.optimizer.group_learning_rates = {"backbone": 1e-4}
+  with pytest.raises(ValueError, match="backbone"):
+    trainer.train(config, tmp_path / "bad", _grouped_task())
+
+
+@pytest.mark.timeout(240)
 def test_two_processes_match_single_process(reference, tmp_path):
   import portpicker
 
