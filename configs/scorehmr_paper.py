@@ -9,8 +9,13 @@ download_hmr2_preds.sh, is --config.data_dir; the user's SMPL model is --config.
   multi-view, H36M:         ...:multiview_h36m --config.image_dirs.h36m=H36M_ROOT
   multi-view, Mannequin:    ...:multiview_mannequin --config.image_dirs.mannequin=MC_ROOT
   video, 3DPW:              ...:video_3dpw --config.image_dirs.threedpw=3DPW_ROOT
-  keypoint fitting / video on EMDB-1 (:keypoints_emdb, :video_emdb): refused with an error --
-    ScoreHMR's release has no EMDB-1 files and its EMDB protocol is not known.
+  keypoint fitting / video, EMDB-1: ...:keypoints_emdb (or :video_emdb)
+                              --config.emdb.manual_dir=EMDB_ROOT --config.emdb.data_dir=TFDS_DIR
+                              --config.hmr2_checkpoint=HMR2_CKPT
+    The release has no EMDB-1 files: these rows are jhmr's protocol (jhmr.pipelines.
+    scorehmr_paper_emdb: the emdb builder's EMDB-1 frames, the converted ViTPose, HMR 2.0 and
+    PARE in-process, 24 SMPL joints centred on the pelvis; gendered ground truth with
+    --config.emdb.gt_body_models.female=... / .male=...); the table says so.
   all released rows:        (default variant).
 Output: workdir/paper_table.md / .csv -- ours (HMR 2.0b and ScoreHMR) next to the paper's numbers
 (jhmr.eval.paper.PAPER_TABLE) and the refinement time. Numbers are NOT claimed until measured on
@@ -59,6 +64,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     stats="data/stats/pare_feat_stats.npz",
     j19="data/SMPL_to_J19.pkl",
     pare="data/model_weights/pare/pare_checkpoint.ckpt",
+    vitpose="data/model_weights/vitpose_ckpts/vitpose-h-multi-coco.pth",  # EMDB-1 rows
+  )
+  # EMDB-1 rows: HMR 2.0 (4D-Humans' download_models) and the emdb TFDS builder.
+  config.hmr2_checkpoint = (
+    "~/.cache/4DHumans/logs/train/multiruns/hmr2/0/checkpoints/epoch=35-step=1000000.ckpt"
+  )
+  config.emdb = dict(
+    data_dir="~/tensorflow_datasets",  # where emdb/emdb1 is (or will be) prepared
+    manual_dir="",  # the official EMDB files (P<k>/<sequence>/...); "" = <data_dir>/downloads/manual
+    gt_body_models=dict(female="", male=""),  # gendered SMPL files for the ground truth
+    max_frames=0,  # per sequence; 0 = all
+    max_sequences=0,  # 0 = all
   )
   config.image_dirs = dict(threedpw="3DPW", h36m="H36M", mannequin="Mannequin")
   config.body_model = "ScoreHMR/data/smpl/SMPL_NEUTRAL.pkl"
@@ -71,6 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.max_batches = 0  # 0: all
   config.refine = dict(keypoints={}, multiview={}, video={})  # the official settings per task
   if variant == "tiny":
+    config.rows = ROWS + ("keypoints_emdb", "video_emdb")
     config.body_model = "anny-tiny"
     config.features = "stand_in"
     config.random_weights = True

@@ -8,8 +8,9 @@
 * MPJPE = mean L2 (x1000 for mm); PA-MPJPE = the same after a similarity Procrustes fit;
   acceleration error in mm/frame^2 on the same pelvis-centred joints over each full sequence, the
   number being the mean over all frames. Composed from `jhmr.eval.metrics`.
-* EMDB-1 uses "all 24 SMPL joints" (paper); its evaluation code is not released, so its centring
-  is not known (`EMDB_JOINTS` is the SMPL joint index list; no protocol is claimed for it).
+* EMDB-1 uses "all 24 SMPL joints" (paper); its evaluation code is not released. jhmr's EMDB-1
+  rows (`emdb_joint_errors`, `emdb_acceleration_error`) take the 24 SMPL joints of the body model
+  centred on the SMPL pelvis (joint 0): jhmr's choice, said in the table, not the paper's code.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ JOINTS_17 = (*JOINTS_14, 39, 41, 42)
 """The 14 plus pelvis, spine and jaw (Mannequin)."""
 EMDB_JOINTS = tuple(range(24))
 """EMDB-1: the 24 SMPL joints (paper); not an index into the 44-joint output."""
+SMPL_PELVIS = 0
+"""The root of jhmr's EMDB-1 rows: SMPL joint 0."""
 DATASET_JOINTS = {
   "3dpw": JOINTS_14,
   "3dpw_video": JOINTS_14,
@@ -69,6 +72,29 @@ def joint_errors(pred44, target44, joints=JOINTS_14) -> dict[str, jnp.ndarray]:
 def acceleration_error(pred44, target44, joints=JOINTS_14) -> jnp.ndarray:
   """[T, 44, 3] of one sequence (metres) -> [T-2] acceleration error in mm/frame^2."""
   return 1000.0 * metrics.acceleration_error(_select(pred44, joints), _select(target44, joints))
+
+
+def _smpl24(joints):
+  joints = jnp.asarray(joints)
+  if joints.shape[-2] != len(EMDB_JOINTS) or joints.shape[-1] != 3:
+    raise ValueError(f"expected [..., 24, 3] SMPL joints, got {joints.shape}")
+  return joints - joints[..., SMPL_PELVIS : SMPL_PELVIS + 1, :]
+
+
+def emdb_joint_errors(pred24, target24) -> dict[str, jnp.ndarray]:
+  """Per-sample MPJPE and PA-MPJPE in mm of metre-valued [..., 24, 3] SMPL joints, both centred
+  on the pelvis (jhmr's EMDB-1 rows; module docstring)."""
+  pred, target = _smpl24(pred24), _smpl24(target24)
+  return {
+    "mpjpe": 1000.0 * metrics.mpjpe(pred, target),
+    "pa_mpjpe": 1000.0 * metrics.pa_mpjpe(pred, target),
+  }
+
+
+def emdb_acceleration_error(pred24, target24) -> jnp.ndarray:
+  """[T, 24, 3] SMPL joints of one sequence (metres) -> [T-2] acceleration error, mm/frame^2,
+  pelvis-centred."""
+  return 1000.0 * metrics.acceleration_error(_smpl24(pred24), _smpl24(target24))
 
 
 @dataclasses.dataclass(frozen=True)

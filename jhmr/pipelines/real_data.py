@@ -61,18 +61,23 @@ INDEX_CHUNK = 1024  # rows parsed per `__getitems__` call of an index pass
 
 def prepare_builder(config, name: str):
   """The `array_record` builder `name` (e.g. 'threedpw/frames') in `data.data_dir`, prepared
-  from `data.manual_dir` if it is not yet; FileNotFoundError naming both directories when it is
-  neither prepared nor preparable."""
-  d = config.data
-  data_dir = pathlib.Path(d.data_dir).expanduser()
-  manual_dir = pathlib.Path(d.manual_dir).expanduser() if d.manual_dir else None
+  from `data.manual_dir` if it is not yet (`prepare`)."""
+  return prepare(name, config.data.data_dir, config.data.manual_dir)
+
+
+def prepare(name: str, data_dir, manual_dir=None):
+  """The `array_record` builder `name` in `data_dir`, prepared from `manual_dir` ('' / None:
+  TFDS's `<data_dir>/downloads/manual`) if it is not yet; FileNotFoundError naming both
+  directories when it is neither prepared nor preparable."""
+  data_dir = pathlib.Path(data_dir).expanduser()
+  manual_dir = pathlib.Path(manual_dir).expanduser() if manual_dir else None
   builder = builders.make_builder(name, data_dir=str(data_dir), file_format="array_record")
   if not builder.is_prepared():
     manual = manual_dir or data_dir / "downloads" / "manual"
     if not manual.is_dir():
       raise FileNotFoundError(
-        f"{name}: not prepared in data.data_dir={data_dir} and the raw files' directory "
-        f"data.manual_dir={manual} does not exist (see jhmr/data/{name.split('/')[0]})"
+        f"{name}: not prepared in data_dir={data_dir} and the raw files' directory "
+        f"manual_dir={manual} does not exist (see jhmr/data/{name.split('/')[0]})"
       )
     builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(manual))

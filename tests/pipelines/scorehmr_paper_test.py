@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from configs import scorehmr_paper as paper_config
+from jhmr.data.emdb import dummy_data_generator as emdb_dummy
 from jhmr.errors import InputError
 from jhmr.eval import paper
 from jhmr.pipelines import scorehmr_paper
@@ -44,6 +45,7 @@ def _write_files(root, num_vertices):
   )
   j19 = rng.random((19, num_vertices))
   (root / "data/SMPL_to_J19.pkl").write_bytes(pickle.dumps(j19 / j19.sum(1, keepdims=True)))
+  emdb_dummy.main(root / "EMDB", frames=4)  # the official EMDB layout: 4 good frames a sequence
 
 
 def _config(root):
@@ -52,6 +54,8 @@ def _config(root):
   config.image_dirs = dict(
     threedpw=str(root / "3DPW"), h36m=str(root / "H36M"), mannequin=str(root / "Mannequin")
   )
+  config.emdb.update(data_dir=str(root / "tfds"), manual_dir=str(root / "EMDB"))
+  config.lock()  # as the launcher's --config flag holds it
   return config
 
 
@@ -69,7 +73,7 @@ def test_paper_protocol_end_to_end(tmp_path):
 
   out = scorehmr_paper.run(_config(tmp_path), tmp_path / "work", feature_fn=features)
   assert calls
-  keys = [k for k in paper_config.ROWS]
+  keys = [*paper_config.ROWS, "keypoints_emdb", "video_emdb"]
   assert list(out["results"]) == keys
   for key in keys:
     res = out["results"][key]
@@ -77,6 +81,9 @@ def test_paper_protocol_end_to_end(tmp_path):
     for name in ("initial", "refined"):
       assert np.isfinite(res[name]["mpjpe"]) and np.isfinite(res[name]["pa_mpjpe"])
   assert np.isfinite(out["results"]["video_3dpw"]["refined"]["accel"])
+  assert np.isfinite(out["results"]["video_emdb"]["refined"]["accel"])
+  assert out["results"]["keypoints_emdb"]["frames"] == 4  # the EMDB-1 sequence's 4 good frames
+  assert (tmp_path / "work/emdb/09_outdoor_walk.npz").is_file()  # the networks' cached outputs
   with open(tmp_path / "work/paper_table.csv") as f:
     reader = csv.DictReader(f)
     assert tuple(reader.fieldnames) == paper.TABLE_COLUMNS
@@ -89,15 +96,79 @@ def test_paper_protocol_end_to_end(tmp_path):
     ("Mannequin", "pa_mpjpe"),
     ("3DPW", "pa_mpjpe"),
     ("3DPW", "accel"),
+    ("EMDB-1", "pa_mpjpe"),
+    ("EMDB-1", "pa_mpjpe"),
+    ("EMDB-1", "accel"),
   ]
   assert float(lines[1]["paper ScoreHMR"]) == 44.7
-  assert "| setting | dataset | metric |" in (tmp_path / "work/paper_table.md").read_text()
+  assert float(lines[-1]["paper ScoreHMR"]) == 11.9
+  table = (tmp_path / "work/paper_table.md").read_text()
+  assert "| setting | dataset | metric |" in table
+  assert "jhmr's EMDB-1 protocol" in table and "RANDOM WEIGHTS" in table
 
 
-def test_missing_files_and_emdb_are_refused(tmp_path):
+def test_emdb_rows_reuse_the_cached_network_outputs(tmp_path, monkeypatch):
+  from jhmr.body import load_body_model
+  from jhmr.pipelines import image_to_mesh, scorehmr_paper_emdb
+
+  _write_files(tmp_path, load_body_model("anny-tiny").num_vertices)
+  config = _config(tmp_path)
+  config.rows = ("keypoints_emdb",)
+  first = scorehmr_paper.run(config, tmp_path / "work")["results"]["keypoints_emdb"]
+
+  def fail(*args, **kwargs):
+    raise AssertionError("ViTPose ran again despite the cache")
+
+  monkeypatch.setattr(image_to_mesh, "run_vitpose", fail)
+  second = scorehmr_paper.run(config, tmp_path / "work")["results"]["keypoints_emdb"]
+  assert second["initial"] == first["initial"]  # the cached HMR 2.0 estimate
+  # a cache of other frames is recomputed, not used
+  cached = dict(np.load(tmp_path / "work/emdb/09_outdoor_walk.npz"))
+  cached["frame_index"] = cached["frame_index"] + 1
+  np.savez(tmp_path / "work/emdb/09_outdoor_walk.npz", **cached)
+  with pytest.raises(AssertionError, match="ran again"):
+    scorehmr_paper.run(config, tmp_path / "work")
+  assert scorehmr_paper_emdb.CROP_SIZE == 224
+
+
+def test_emdb_errors_on_a_hand_built_case():
+  rng = np.random.default_rng(0)
+  target = rng.normal(size=(2, 24, 3))
+  # a pure translation: zero after pelvis centring; a 10 mm shift of one joint: 10/24 mm MPJPE
+  pred = target + np.array([1.0, 2.0, 3.0])
+  pred[1, 5, 0] += 0.010
+  errors = paper.emdb_joint_errors(pred, target)
+  np.testing.assert_allclose(errors["mpjpe"], [0.0, 10.0 / 24], atol=1e-3)  # float32
+  # a rotation and scale of the whole body: PA-MPJPE 0, MPJPE not
+  angle = 0.3
+  rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+  turned = 1.1 * target @ rot.T
+  errors = paper.emdb_joint_errors(turned, target)
+  np.testing.assert_allclose(errors["pa_mpjpe"], 0.0, atol=1e-3)
+  assert np.all(errors["mpjpe"] > 10.0)
+  # constant velocity: zero acceleration error against a static target moved the same way
+  frames = np.stack([target[0] + t * np.array([0.1, 0.0, 0.0]) for t in range(5)])
+  np.testing.assert_allclose(paper.emdb_acceleration_error(frames, frames), 0.0, atol=1e-6)
+  with pytest.raises(ValueError, match="24, 3"):
+    paper.emdb_joint_errors(np.zeros((2, 44, 3)), np.zeros((2, 44, 3)))
+
+
+def test_missing_files_are_refused_by_name(tmp_path):
   config = _config(tmp_path)
   with pytest.raises(FileNotFoundError, match=r"pare_feat_stats\.npz"):
     scorehmr_paper.run(config, tmp_path / "work")
-  config = paper_config.get_config("video_emdb")
-  with pytest.raises(InputError, match="EMDB-1"):
+  config = paper_config.get_config("video_emdb")  # the released models, checked before any work
+  names = [path.name for path in scorehmr_paper.required_files(config)]
+  assert "vitpose-h-multi-coco.pth" in names and "epoch=35-step=1000000.ckpt" in names
+  assert "3dpw_test.npz" not in names
+  from jhmr.body import load_body_model
+
+  _write_files(tmp_path / "files", load_body_model("anny-tiny").num_vertices)
+  config = _config(tmp_path / "files")
+  config.rows = ("video_emdb",)
+  config.emdb.manual_dir = str(tmp_path / "no_emdb")
+  with pytest.raises(FileNotFoundError, match="no_emdb"):
+    scorehmr_paper.run(config, tmp_path / "work")
+  config.rows = ("keypoints_kitti",)
+  with pytest.raises(InputError, match="keypoints_kitti"):
     scorehmr_paper.run(config, tmp_path / "work")

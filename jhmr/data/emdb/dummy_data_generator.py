@@ -26,12 +26,14 @@ SEQUENCES = {("P0", "09_outdoor_walk"): (True, 3), ("P1", "14_indoor_stairs"): (
 IMAGE_SIZE = (48, 36)  # H, W
 
 
-def sequence(subject: str, name: str) -> dict:
+def sequence(subject: str, name: str, frames: int | None = None) -> dict:
+  """The dict of one `SEQUENCES` entry; `frames` instead gives that many frames, all good."""
   emdb1, n = SEQUENCES[(subject, name)]
   rng = np.random.default_rng(int(subject[1:]))
-  good = np.ones(n, bool)
-  if emdb1:
+  good = np.ones(frames or n, bool)
+  if emdb1 and frames is None:
     good[1] = False
+  n = len(good)
   h, w = IMAGE_SIZE
   lo = rng.uniform(2, 10, (n, 2))
   extrinsics = np.tile(np.eye(4), (n, 1, 1))
@@ -50,14 +52,16 @@ def sequence(subject: str, name: str) -> dict:
   }  # fmt: skip
 
 
-def main(out: pathlib.Path = DUMMY_DIR) -> None:
+def main(out: pathlib.Path = DUMMY_DIR, frames: int | None = None) -> None:
+  """Writes every `SEQUENCES` entry under `out` (`frames`: see `sequence`)."""
   rng = np.random.default_rng(0)
-  for (subject, name), (_, n) in SEQUENCES.items():
+  for subject, name in SEQUENCES:
     folder = out / subject / name
     (folder / "images").mkdir(parents=True, exist_ok=True)
+    data = sequence(subject, name, frames)
     with open(folder / f"{subject}_{name}_data.pkl", "wb") as f:
-      pickle.dump(sequence(subject, name), f, protocol=2)
-    for t in range(n):
+      pickle.dump(data, f, protocol=2)
+    for t in range(data["n_frames"]):
       pixels = rng.integers(0, 256, IMAGE_SIZE + (3,), dtype=np.uint8)
       (folder / "images" / f"{t:05d}.jpg").write_bytes(crops.encode_image(pixels, "jpeg"))
 
