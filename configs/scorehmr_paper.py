@@ -1,8 +1,15 @@
 """The ScoreHMR paper's evaluation protocol on the released files (jhmr.pipelines.scorehmr_paper).
 
-One command per table (ScoreHMR's repo root, holding data/ and cache/ after download_data.sh and
-download_hmr2_preds.sh, is --config.data_dir; the user's SMPL model is --config.body_model, with
---config.joint_sets=<npz with joint_set.openpose25.*> for an official SMPL pickle):
+Default (runs on a fresh clone, nothing downloaded): a SELF-CHECK of the protocol on example
+files that jhmr writes in the released layouts (synthetic people of the free body,
+jhmr.pipelines.scorehmr_paper_example), with RANDOM score-model weights and stand-in features;
+its table runs every released row and says on every line of its notes that it is not the
+paper's table:
+  python -m jhmr.launch --config configs/scorehmr_paper.py --workdir runs/paper_selfcheck
+One command per table with the released files (ScoreHMR's repo root, holding data/ and cache/
+after download_data.sh and download_hmr2_preds.sh, is --config.data_dir; the user's SMPL model is
+--config.body_model, with --config.joint_sets=<npz with joint_set.openpose25.*> for an official
+SMPL pickle):
   keypoint fitting, 3DPW:   python -m jhmr.launch --config configs/scorehmr_paper.py:keypoints_3dpw
                               --workdir runs/paper_kp3dpw --config.data_dir=SCOREHMR
                               --config.image_dirs.threedpw=3DPW_ROOT
@@ -16,13 +23,14 @@ download_hmr2_preds.sh, is --config.data_dir; the user's SMPL model is --config.
     scorehmr_paper_emdb: the emdb builder's EMDB-1 frames, the converted ViTPose, HMR 2.0 and
     PARE in-process, 24 SMPL joints centred on the pelvis; gendered ground truth with
     --config.emdb.gt_body_models.female=... / .male=...); the table says so.
-  all released rows:        (default variant).
+  all released rows:        ...:released (the four rows above from ScoreHMR's files).
 Output: workdir/paper_table.md / .csv -- ours (HMR 2.0b and ScoreHMR) next to the paper's numbers
 (jhmr.eval.paper.PAPER_TABLE) and the refinement time. Numbers are NOT claimed until measured on
-the real files; runtime unmeasured. Missing files stop the launcher with one `error:` line
-naming the file.
+the real files; runtime with the released files unmeasured (the self-check: see README).
+Missing files stop the launcher with one `error:` line naming the file.
 Assumed (not in the notes): the HMR 2.0b cache file names in cache.zip (`files.cache_*`).
-  tiny   tests only: random score-net weights, stand-in features, 1 refinement iteration.
+  tiny   tests only: random score-net weights, stand-in features, 1 refinement iteration, every
+         row (EMDB-1 too) on dummy files the tests write.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ VARIANTS = (
   "multiview_mannequin",
   "video_3dpw",
   "video_emdb",
+  "released",
   "tiny",
 )
 
@@ -49,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.program = "scorehmr_paper"
   config.stage = "all"
   config.seed = 0
-  config.rows = (variant,) if variant and variant != "tiny" else ROWS
+  config.rows = (variant,) if variant not in ("", "released", "tiny") else ROWS
   config.data_dir = "ScoreHMR"
   config.files = dict(
     threedpw="data/datasets/3dpw_test.npz",
@@ -72,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   config.emdb = dict(
     data_dir="~/tensorflow_datasets",  # where emdb/emdb1 is (or will be) prepared
-    manual_dir="",  # the official EMDB files (P<k>/<sequence>/...); "" = <data_dir>/downloads/manual
+    manual_dir="",  # the official EMDB files, P<k>/<sequence>/...; "": <data_dir>/downloads/manual
     gt_body_models=dict(female="", male=""),  # gendered SMPL files for the ground truth
     max_frames=0,  # per sequence; 0 = all
     max_sequences=0,  # 0 = all
@@ -87,6 +96,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.batch_size = 256  # keypoint fitting (eval_keypoint_fitting.py); groups: one per batch
   config.max_batches = 0  # 0: all
   config.refine = dict(keypoints={}, multiview={}, video={})  # the official settings per task
+  # The default's self-check: example files in the released layouts (scorehmr_paper_example).
+  config.example = dict(enabled=False, people=16, clips=2, clip_length=16, views=4)
+  if variant == "":
+    config.body_model = "anny"
+    config.features = "stand_in"
+    config.random_weights = True
+    config.example.enabled = True
   if variant == "tiny":
     config.rows = ROWS + ("keypoints_emdb", "video_emdb")
     config.body_model = "anny-tiny"

@@ -172,3 +172,34 @@ def test_missing_files_are_refused_by_name(tmp_path):
   config.rows = ("keypoints_kitti",)
   with pytest.raises(InputError, match="keypoints_kitti"):
     scorehmr_paper.run(config, tmp_path / "work")
+
+
+@pytest.mark.slow  # renders four sets (about a minute idle)
+def test_the_self_check_example_files_read_back_in_the_released_layouts(tmp_path):
+  from jhmr.body import load_body_model
+  from jhmr.data import scorehmr_files as files_lib
+  from jhmr.models.pare import load_feature_stats
+  from jhmr.pipelines import scorehmr_paper_example as example
+
+  body = load_body_model("anny-tiny")
+  dirs = example.write_example(tmp_path, body, people=4, clips=1, clip_length=4, views=2)
+  kp = files_lib.read_eval_npz(tmp_path / "data/datasets/3dpw_test.npz")
+  video = files_lib.read_eval_groups(tmp_path / "data/datasets/3dpw_test_video.pkl")
+  views = files_lib.read_eval_groups(tmp_path / "data/datasets/h36m_val_multiview.pkl")
+  assert (len(kp), len(video), len(views)) == (4, 4, 4)
+  assert [len(g) for g in views.groups()] == [2, 2]
+  preds = files_lib.read_hmr2_cache(tmp_path / "cache/hmr2b/3dpw_test_video.pkl")
+  files_lib.check_aligned("cache", video, preds)
+  j19 = files_lib.read_j19_regressor(tmp_path / "data/SMPL_to_J19.pkl", body.num_vertices)
+  assert len(load_feature_stats(tmp_path / "data/stats/pare_feat_stats.npz").mean) == 3072
+  # ground truth = the posed body: J19's pelvis (row 14, output joint 39) relative to OpenPose's
+  # mid-hip (8) equals the same offset of the body posed with the file's pose and betas
+  pose = kp.body_pose.reshape(4, 24, 3)
+  out = body(kp.betas[:, : body.num_betas], pose[:, 1:], pose[:, 0], joint_set="openpose25")
+  pelvis = np.einsum("v,bvd->bd", j19[14], np.asarray(out.vertices))
+  expected = pelvis - np.asarray(out.keypoints[:, 8])
+  got = kp.keypoints_3d[:, paper.PELVIS, :3] - kp.keypoints_3d[:, 8, :3]
+  np.testing.assert_allclose(got, expected, atol=1e-4)  # float32 at ~30 m from the camera
+  np.testing.assert_allclose(j19[14], np.asarray(body.J_regressor)[0], atol=1e-7)
+  assert (dirs["threedpw"] / str(kp.imgname[0])).is_file()
+  assert (dirs["h36m"] / str(views.imgname[0])).is_file()
