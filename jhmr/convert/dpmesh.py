@@ -19,7 +19,7 @@ training save, with `epoch` / `optimizer` beside it) or `{'state_dict': ...}`. K
   backbone.outmodules.{0.0,0.1,0.3,1.0,2.0,2.1} fusion -> `fusion/outmodules_{i}_{j}`
   kp_lifting.{weight,bias}                    the released joint prompt -> `prompt/kp_lifting`
   everything else outside the parts below     regressor (`convert_dpmesh_regressor`, strict)
-  vposer.*                                    VPoser v1 (see below)
+  vposer.vposer.bodyprior_*                   VPoser v1 (see below) -> `vposer`
 
 Aliases: `VPDEncoder` registers the same modules twice (`encoder_vq` is
 `sd_model.first_stage_model`, `unet.unet` is `sd_model`), so a full `state_dict()` repeats them as
@@ -32,10 +32,15 @@ the frozen, never-called CLIP `sd_model.cond_stage_model.*`, the VAE decoder sid
 layer buffers `human_model_layer.*` (jhmr loads SMPL from its own files). Any other key, and any
 missing or mis-shaped weight of a part, raises `ConversionError` naming it.
 
-VPoser v1: jhmr has no VPoser v1 module (`jhmr.models.vposer` is v2, V02_05), so the `vposer.*`
-arrays are returned untouched in `DPMeshCheckpoint.vposer_v1` (prefix stripped) with a note;
-`vposer='error'` refuses a checkpoint that carries them. The regressor's pose decoder must be
-supplied separately (`DPMeshRegressor(..., pose_decoder=...)`).
+VPoser v1: DPMesh's `Model.vposer` is a wrapper (`common/nets/module.py` `Vposer`) whose
+`.vposer` is human_body_prior's cvpr19 `VPoser`, frozen; the checkpoint holds its whole state dict
+(encoder, decoder, BatchNorm statistics) under `vposer.vposer.`. It is converted strictly by
+`jhmr.convert.vposer_v1.convert_vposer_v1` (sizes of `vposer_model`, default the release's 512 /
+32): `DPMeshCheckpoint.vposer_v1` holds the full `VPoserV1` variables, and `variables` puts the
+decoder's params under `params/vposer`, the group a `DPMeshConfig(pose_decoder='vposer')` model
+reads. A checkpoint without VPoser keys converts with a note (give the decoder with
+`jhmr.models.dpmesh.with_pretrained(..., vposer=load_vposer_v1(snapshot))`); `vposer='error'`
+refuses one that has them.
 
 LoRA scale: `lora_diffusion` computes `W x + 1.0 * up(down(x))`; jhmr merges
 `kernel + lora_scale * down @ up`, so `lora_up` is divided by `backbone_config.lora_scale`
@@ -89,6 +94,7 @@ from jhmr.convert.sd_single_file import (
   split_lora,
 )
 from jhmr.convert.torch_io import flat_arrays, load_torch_file
+from jhmr.convert.vposer_v1 import convert_vposer_v1
 from jhmr.models import lora as lora_lib
 from jhmr.models.controlnet import ControlNetConfig
 from jhmr.models.dpmesh_backbone import (
@@ -99,6 +105,7 @@ from jhmr.models.dpmesh_backbone import (
   with_pretrained,
 )
 from jhmr.models.dpmesh_regressor import DPMESH_REGRESSOR_RELEASED, DPMeshRegressorConfig
+from jhmr.models.vposer_v1 import VPOSER_V1, VPoserV1, decoder_variables
 
 __all__ = [
   "DPMeshCheckpoint",
@@ -117,6 +124,7 @@ CLIP = SD + "cond_stage_model."
 OUTMODULES = "backbone.outmodules."
 PROMPT = "kp_lifting."
 VPOSER = "vposer."
+VPOSER_MODEL = VPOSER + "vposer."  # the `Vposer` wrapper's human_body_prior `VPoser`
 SMPL_BUFFERS = "human_model_layer."
 ALIASES = {"backbone.unet.unet.": SD, "backbone.encoder_vq.": VAE}
 WRAPPERS = ("network", "state_dict", "model")
@@ -135,21 +143,26 @@ class DPMeshCheckpoint:
     backbone: `DPMeshBackbone` params `{'vae', 'unet', 'unet_lora', 'controlnet', 'prompt',
       'fusion'}`.
     regressor: `DPMeshRegressor` params (no `pose_decoder`).
-    vposer_v1: the checkpoint's VPoser v1 arrays by key (`vposer.` stripped), not converted.
+    vposer_v1: the checkpoint's VPoser v1 as `VPoserV1` variables `{'params', 'batch_stats'}`,
+      or None when the checkpoint has none.
     skipped: checkpoint keys deliberately not converted (see the module docstring).
-    notes: what the caller must know (VPoser v1 put aside, aliases read).
+    notes: what the caller must know (no VPoser in the checkpoint, aliases read).
   """
 
   backbone: dict
   regressor: dict
-  vposer_v1: dict[str, np.ndarray]
+  vposer_v1: dict | None
   skipped: tuple[str, ...]
   notes: tuple[str, ...]
 
   @property
   def variables(self) -> dict:
-    """`{'params': {'backbone': ..., 'regressor': ...}}`."""
-    return {"params": {"backbone": self.backbone, "regressor": self.regressor}}
+    """`{'params': {'backbone', 'regressor'[, 'vposer']}}`: a `DPMesh` model's variables
+    (`pose_decoder='vposer'` when the VPoser decoder is there)."""
+    params = {"backbone": self.backbone, "regressor": self.regressor}
+    if self.vposer_v1 is not None:
+      params["vposer"] = decoder_variables(self.vposer_v1)["params"]
+    return {"params": params}
 
 
 def dpmesh_state_dict(
@@ -285,7 +298,8 @@ def convert_dpmesh_checkpoint(
   backbone_config: DPMeshBackboneConfig = DPMESH_RELEASED,
   regressor_config: DPMeshRegressorConfig = DPMESH_REGRESSOR_RELEASED,
   *,
-  vposer: str = "aside",
+  vposer: str = "convert",
+  vposer_model: VPoserV1 = VPOSER_V1,
   what: str = "DPMesh checkpoint",
 ) -> DPMeshCheckpoint:
   """Converts an official DPMesh state dict (layout in the module docstring).
@@ -295,7 +309,9 @@ def convert_dpmesh_checkpoint(
     backbone_config: the backbone (released checkpoints: `DPMESH_RELEASED`, prompt 'released').
     regressor_config: the regressor (released: `DPMESH_REGRESSOR_RELEASED`); its `in_channels`
       must be the backbone's `fusion_channels`.
-    vposer: 'aside' (return the VPoser v1 arrays unconverted) or 'error' (refuse them).
+    vposer: 'convert' (the VPoser v1 keys, if any, strictly) or 'error' (refuse them).
+    vposer_model: the VPoser v1 sizes to expect (release: `VPOSER_V1`); with the released
+      regressor (`pose_tokens` 0) its latent size must be the regressor's `pose_code_dim`.
     what: the source's name in error messages.
 
   Raises:
@@ -303,12 +319,19 @@ def convert_dpmesh_checkpoint(
       each part (the first failing part's list); a mismatched alias; VPoser v1 keys with
       `vposer='error'`.
   """
-  if vposer not in ("aside", "error"):
-    raise ValueError(f"vposer must be 'aside' or 'error', got {vposer!r}")
+  if vposer not in ("convert", "error"):
+    raise ValueError(f"vposer must be 'convert' or 'error', got {vposer!r}")
   if regressor_config.in_channels != backbone_config.fusion_channels:
     raise ValueError(
       f"regressor in_channels {regressor_config.in_channels} != backbone fusion_channels "
       f"{backbone_config.fusion_channels}"
+    )
+  if regressor_config.pose_tokens == 0 and regressor_config.pose_code_dim != (
+    vposer_model.latent_dim
+  ):
+    raise ValueError(
+      f"regressor pose_code_dim {regressor_config.pose_code_dim} != the VPoser's latent size "
+      f"{vposer_model.latent_dim}"
     )
   state, aliases = dpmesh_state_dict(state_dict, what=what)
   prefixes = {
@@ -337,7 +360,7 @@ def convert_dpmesh_checkpoint(
     elif key.startswith(PROMPT):
       groups["prompt"][key[len(PROMPT) :]] = value
     elif key.startswith(VPOSER):
-      groups["vposer"][key[len(VPOSER) :]] = value
+      groups["vposer"][key] = value
     else:
       groups["regressor"][key] = value
   if unknown:
@@ -349,10 +372,15 @@ def convert_dpmesh_checkpoint(
       raise ConversionError(f"{what}: no {part} weights found ({prefixes[part]}*)")
   if groups["vposer"] and vposer == "error":
     raise ConversionError(
-      f"{what}: {len(groups['vposer'])} VPoser v1 keys (vposer.*); jhmr has no VPoser v1 module"
+      f"{what}: {len(groups['vposer'])} VPoser v1 keys (vposer.*) and vposer='error'"
     )
 
   # Cheap parts first, so their errors come without tracing the U-Net.
+  vposer_v1 = None
+  if groups["vposer"]:
+    vposer_v1 = convert_vposer_v1(
+      groups["vposer"], vposer_model, prefix=VPOSER_MODEL, what=f"{what} (VPoser v1)"
+    )
   prompt = _convert_prompt(groups["prompt"], backbone_config, what)
   fusion = _convert_fusion(groups["fusion"], backbone_config, what)
   side = backbone_config.attention_sizes[0]
@@ -375,14 +403,14 @@ def convert_dpmesh_checkpoint(
     "fusion": fusion,
   }
   notes = []
-  if groups["vposer"]:
+  if vposer_v1 is None:
     notes.append(
-      f"{len(groups['vposer'])} VPoser v1 arrays (vposer.*) are in `vposer_v1`, not converted: "
-      "jhmr has no VPoser v1 module; give the regressor a pose decoder separately"
+      "no VPoser v1 (vposer.vposer.*) in the checkpoint: give a pose_decoder='vposer' model the "
+      "decoder with `with_pretrained(..., vposer=jhmr.convert.vposer_v1.load_vposer_v1(path))`"
     )
   if aliases:
     notes.append(f"{len(aliases)} alias keys (backbone.encoder_vq.*, backbone.unet.unet.*) read")
-  return DPMeshCheckpoint(backbone, regressor, groups["vposer"], tuple(skipped), tuple(notes))
+  return DPMeshCheckpoint(backbone, regressor, vposer_v1, tuple(skipped), tuple(notes))
 
 
 def load_dpmesh_checkpoint(path: str | pathlib.Path, *args, **kwargs) -> DPMeshCheckpoint:

@@ -9,20 +9,23 @@
 
 Composition (research/dpmesh.md sections 1-9):
   `DPMeshBackbone` (VAE latent ‖ heatmaps -> ControlNet -> SD U-Net, one step -> fused
-  [B, 8, 8, 2048]) -> `DPMeshRegressor` (root 6D, 48 x 2048 pose-token logits, betas, camera,
-  per-layer joint_img) -> the pose codebook's soft decode (`PoseTokenizer.soft_decode`:
-  softmax(logits) @ codebook -> MLP-Mixer decoder -> 23 body rotation matrices, not
-  orthonormalised, as DPMesh) -> axis-angle SMPL parameters.
+  [B, 8, 8, 2048]) -> `DPMeshRegressor` (root 6D, pose code, betas, camera, per-layer
+  joint_img) -> the frozen pose decoder -> 23 body rotation matrices -> axis-angle SMPL
+  parameters.
 
-Parameters: `{'backbone': ..., 'regressor': ..., 'pose_codebook': {'params', 'codebook'}}`. The
-pose codebook (a `PoseTokenizer`'s whole variables, pre-trained on mocap by
-`jhmr.train.codebook_task`) is frozen: it is applied functionally behind `stop_gradient` (the
-gradient reaches the logits, never the codebook), as the backbone's VAE and U-Net base.
-
-Pose decoders (`DPMeshConfig.pose_decoder`): 'codebook' (the paper). 'vposer' (the released
-checkpoints) is a TODO: they need VPoser **v1** (`load_vposer(..., 'snapshot')`, human_body_prior's
-cvpr19 branch) whose decoder and weight layout differ from the VPoser v2 (V02_05) that
-`jhmr.models.vposer` ports; the config raises NotImplementedError for it.
+Pose decoders (`DPMeshConfig.pose_decoder`), both frozen and applied functionally behind
+`stop_gradient` (the gradient reaches the regressor's code, never the decoder), as the backbone's
+VAE and U-Net base:
+  'codebook' (the paper): 48 x 2048 pose-token logits -> the pose codebook's soft decode
+    (`PoseTokenizer.soft_decode`: softmax(logits) @ codebook -> MLP-Mixer decoder -> 23 matrices,
+    not orthonormalised, as DPMesh). Parameters `{'backbone', 'regressor', 'pose_codebook':
+    {'params', 'codebook'}}`; the codebook (a `PoseTokenizer`'s whole variables) is pre-trained on
+    mocap by `jhmr.train.codebook_task`.
+  'vposer' (the released checkpoints; regressor `DPMESH_REGRESSOR_RELEASED`): a 32-D code ->
+    VPoser **v1**'s decoder (`jhmr.models.vposer_v1`, in eval mode as DPMesh keeps it) -> 21
+    body rotations, then two identity hand joints. Parameters `{'backbone', 'regressor',
+    'vposer': {dec_fc1, dec_fc2, dec_out}}` (the decoder's params; the encoder is unused;
+    `jhmr.convert.dpmesh` fills them from the checkpoint's `vposer.vposer.*`).
 
 DPMesh's 30 input joints (`DPMESH30_NAMES`, SMPL-30 order of `common/utils/smpl.py`): the 24 SMPL
 joints, then nose, left/right eye, left/right ear (SMPL face vertices 331/2802/6262/3489/3990)
@@ -54,12 +57,20 @@ from jhmr.models.dpmesh_backbone import (
 )
 from jhmr.models.dpmesh_regressor import (
   DPMESH_REGRESSOR,
+  DPMESH_REGRESSOR_RELEASED,
+  DPMESH_REGRESSOR_TINY,
   DPMESH_REGRESSOR_TINY_PAPER,
   DPMeshRegressor,
   DPMeshRegressorConfig,
   DPMeshRegressorOutput,
 )
 from jhmr.models.pose_codebook import COLLECTION, PoseCodebookConfig, PoseTokenizer
+from jhmr.models.vposer_v1 import (
+  VPOSER_V1,
+  VPoserV1,
+  decoder_variables,
+  dpmesh_body_rotmat,
+)
 
 Dtype = Any
 POSE_DECODERS = ("codebook", "vposer")
@@ -106,23 +117,21 @@ class DPMeshConfig:
     backbone: `DPMeshBackboneConfig` (its `num_joints` must be 30).
     regressor: `DPMeshRegressorConfig` (in_channels = the fusion width; pose_tokens and
       pose_code_dim = the codebook's tokens and size; crop_size = the backbone's crop).
-    codebook: `PoseCodebookConfig` of the frozen pose decoder (23 body joints).
-    pose_decoder: 'codebook' (paper) or 'vposer' (released; TODO, see the module docstring).
+    codebook: `PoseCodebookConfig` of the frozen pose decoder (23 body joints; 'codebook').
+    vposer: the `VPoserV1` sizes of the frozen pose decoder ('vposer'; released: 512 / 32).
+    pose_decoder: 'codebook' (paper) or 'vposer' (released; the regressor must then predict one
+      code of the VPoser's latent size: `pose_tokens` 0, `pose_code_dim` 32).
   """
 
   backbone: DPMeshBackboneConfig = DPMESH_PAPER
   regressor: DPMeshRegressorConfig = DPMESH_REGRESSOR
   codebook: PoseCodebookConfig = PoseCodebookConfig()
+  vposer: VPoserV1 = VPOSER_V1
   pose_decoder: str = "codebook"
 
   def __post_init__(self):
     if self.pose_decoder not in POSE_DECODERS:
       raise ValueError(f"pose_decoder must be one of {POSE_DECODERS}, got {self.pose_decoder!r}")
-    if self.pose_decoder == "vposer":
-      raise NotImplementedError(
-        "pose_decoder='vposer' needs VPoser v1 (the released DPMesh checkpoints); "
-        "jhmr.models.vposer ports VPoser v2 (V02_05), whose decoder and weights differ. TODO."
-      )
     b, r, c = self.backbone, self.regressor, self.codebook
     if b.num_joints != len(DPMESH30_NAMES):
       raise ValueError(f"the backbone must take the 30 SMPL-30 joints, got {b.num_joints}")
@@ -130,13 +139,24 @@ class DPMeshConfig:
       raise ValueError(
         f"regressor.in_channels {r.in_channels} != backbone.fusion_channels {b.fusion_channels}"
       )
-    if (r.pose_tokens, r.pose_code_dim) != (c.num_tokens, c.codebook_size):
-      raise ValueError(
-        f"the regressor's pose code ({r.pose_tokens} tokens x {r.pose_code_dim}) must be the "
-        f"codebook's logits ({c.num_tokens} tokens x {c.codebook_size} entries)"
-      )
-    if c.num_joints != 23 or c.input_dim != 9:
-      raise ValueError("the pose codebook must decode 23 body-joint rotation matrices")
+    if self.pose_decoder == "vposer":
+      v = self.vposer
+      if (r.pose_tokens, r.pose_code_dim) != (0, v.latent_dim):
+        raise ValueError(
+          f"with pose_decoder='vposer' the regressor must predict one {v.latent_dim}-D VPoser "
+          f"code (pose_tokens 0, pose_code_dim {v.latent_dim}), got pose_tokens "
+          f"{r.pose_tokens}, pose_code_dim {r.pose_code_dim}"
+        )
+      if v.num_joints != 21:
+        raise ValueError(f"the VPoser must decode the 21 SMPL body joints, got {v.num_joints}")
+    else:
+      if (r.pose_tokens, r.pose_code_dim) != (c.num_tokens, c.codebook_size):
+        raise ValueError(
+          f"the regressor's pose code ({r.pose_tokens} tokens x {r.pose_code_dim}) must be the "
+          f"codebook's logits ({c.num_tokens} tokens x {c.codebook_size} entries)"
+        )
+      if c.num_joints != 23 or c.input_dim != 9:
+        raise ValueError("the pose codebook must decode 23 body-joint rotation matrices")
     if tuple(r.crop_size) != (b.image_size, b.image_size):
       raise ValueError(f"regressor.crop_size {r.crop_size} != the backbone's {b.image_size}² crop")
     if r.num_joints != len(DPMESH15_NAMES):
@@ -147,19 +167,42 @@ class DPMeshConfig:
     return self.backbone.image_size
 
   @classmethod
+  def released(cls, **overrides) -> DPMeshConfig:
+    """The released checkpoints' model: `DPMESH_RELEASED` backbone (the one-Linear prompt),
+    `DPMESH_REGRESSOR_RELEASED` (one 32-D code) and VPoser v1 (512 / 32) as pose decoder."""
+    fields = dict(
+      backbone=backbone_lib.DPMESH_RELEASED,
+      regressor=DPMESH_REGRESSOR_RELEASED,
+      vposer=VPOSER_V1,
+      pose_decoder="vposer",
+    )
+    return cls(**{**fields, **overrides})
+
+  @classmethod
   def tiny(cls, **overrides) -> DPMeshConfig:
     """The tiny backbone (64² crops, 32-wide fusion), the tiny paper regressor and a tiny codebook
-    (8 tokens x 64 entries): the whole structure, for tests."""
-    backbone = DPMeshBackboneConfig.tiny()
+    (8 tokens x 64 entries): the whole structure, for tests. With `pose_decoder='vposer'`: the
+    tiny released regressor (one 32-D code) and a 16-neuron VPoser v1."""
+    backbone = overrides.get("backbone", DPMeshBackboneConfig.tiny())
     codebook = PoseCodebookConfig.tiny()
-    regressor = dataclasses.replace(
-      DPMESH_REGRESSOR_TINY_PAPER,
-      in_channels=backbone.fusion_channels,
-      pose_tokens=codebook.num_tokens,
-      pose_code_dim=codebook.codebook_size,
-      crop_size=(backbone.image_size, backbone.image_size),
-    )
-    fields = dict(backbone=backbone, regressor=regressor, codebook=codebook)
+    vposer = VPoserV1(num_neurons=16)
+    crop = (backbone.image_size, backbone.image_size)
+    if overrides.get("pose_decoder", "codebook") == "vposer":
+      regressor = dataclasses.replace(
+        DPMESH_REGRESSOR_TINY,
+        in_channels=backbone.fusion_channels,
+        pose_code_dim=vposer.latent_dim,
+        crop_size=crop,
+      )
+    else:
+      regressor = dataclasses.replace(
+        DPMESH_REGRESSOR_TINY_PAPER,
+        in_channels=backbone.fusion_channels,
+        pose_tokens=codebook.num_tokens,
+        pose_code_dim=codebook.codebook_size,
+        crop_size=crop,
+      )
+    fields = dict(backbone=backbone, regressor=regressor, codebook=codebook, vposer=vposer)
     return cls(**{**fields, **overrides})
 
 
@@ -168,7 +211,8 @@ class DPMeshOutput:
   """Attributes:
   global_orient: [B, 3] axis-angle root orientation as seen in the crop.
   body_pose: [B, 23, 3] axis-angle (from `body_rotmat`).
-  body_rotmat: [B, 23, 3, 3] the codebook's decoded matrices (not orthonormalised, as DPMesh).
+  body_rotmat: [B, 23, 3, 3] the pose decoder's matrices: the codebook's (not orthonormalised,
+    as DPMesh) or VPoser v1's 21 rotations and two identity hand joints.
   betas: [B, 10].
   translation: [B, 3] camera translation (m), or None without a focal length.
   joint_img: [B, 15, 3] the last decoder layer's joints in [0, 1] (x, y on the crop, z depth bin).
@@ -213,17 +257,7 @@ class DPMesh(nn.Module):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
     )(images, keypoints, train=train)
-    tokenizer = PoseTokenizer(cfg.codebook, parent=None)
-    codebook = self.param(
-      "pose_codebook",
-      lambda key: dict(tokenizer.init(key, jnp.zeros((1, cfg.codebook.num_joints, 3, 3)))),
-    )
-
-    def decode(logits):  # frozen: no gradient reaches the codebook, only the logits
-      frozen = jax.lax.stop_gradient(codebook)
-      variables = {"params": frozen["params"], COLLECTION: frozen[COLLECTION]}
-      return tokenizer.apply(variables, logits, method=PoseTokenizer.soft_decode)
-
+    decode = self._vposer_decoder() if cfg.pose_decoder == "vposer" else self._codebook_decoder()
     reg = DPMeshRegressor(cfg.regressor, pose_decoder=decode, dtype=self.dtype, name="regressor")(
       feats.fused, focal_length, train=train
     )
@@ -238,6 +272,44 @@ class DPMesh(nn.Module):
       backbone=feats,
       regressor=reg,
     )
+
+  def _codebook_decoder(self):
+    cfg = self.config
+    tokenizer = PoseTokenizer(cfg.codebook, parent=None)
+    codebook = self.param(
+      "pose_codebook",
+      lambda key: dict(tokenizer.init(key, jnp.zeros((1, cfg.codebook.num_joints, 3, 3)))),
+    )
+
+    def decode(logits):  # frozen: no gradient reaches the codebook, only the logits
+      frozen = jax.lax.stop_gradient(codebook)
+      variables = {"params": frozen["params"], COLLECTION: frozen[COLLECTION]}
+      return tokenizer.apply(variables, logits, method=PoseTokenizer.soft_decode)
+
+    return decode
+
+  def _vposer_decoder(self):
+    vposer = self.config.vposer.clone(parent=None)
+    params = self.param(
+      "vposer",
+      lambda key: dict(
+        vposer.init(key, jnp.zeros((1, vposer.latent_dim)), method=VPoserV1.decode)["params"]
+      ),
+    )
+    return vposer_pose_decoder(vposer, params)
+
+
+def vposer_pose_decoder(vposer: VPoserV1, params):
+  """The released pose decoder as a function `code [B, 32] -> body rotmat [B, 23, 3, 3]`: VPoser
+  v1's decoder with the frozen `params` (`{dec_fc1, dec_fc2, dec_out}`, behind stop_gradient) in
+  eval mode (DPMesh's `vposer.eval()`: no dropout), then two identity hand joints."""
+
+  def decode(code):
+    frozen = jax.lax.stop_gradient(params)
+    decoded = vposer.apply({"params": frozen}, code.astype(jnp.float32), method=VPoserV1.decode)
+    return dpmesh_body_rotmat(decoded)
+
+  return decode
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,10 +359,13 @@ def with_pretrained(
   controlnet: Any = None,
   codebook: Any = None,
   regressor: Any = None,
+  vposer: Any = None,
 ) -> dict:
   """`variables` with pretrained parts swapped in: `vae`, `unet`, `controlnet` as
   `dpmesh_backbone.with_pretrained` (converted diffusers trees), `codebook` a trained
-  `PoseTokenizer`'s variables `{'params', 'codebook'}`, `regressor` regressor params."""
+  `PoseTokenizer`'s variables `{'params', 'codebook'}`, `regressor` regressor params, `vposer`
+  VPoser v1 variables or params (e.g. `jhmr.convert.vposer_v1.load_vposer_v1`; the decoder's
+  modules are kept)."""
   params = dict(variables["params"])
   params["backbone"] = backbone_lib.with_pretrained(
     params["backbone"], vae=vae, unet=unet, controlnet=controlnet
@@ -299,6 +374,10 @@ def with_pretrained(
     params["pose_codebook"] = {"params": codebook["params"], COLLECTION: codebook[COLLECTION]}
   if regressor is not None:
     params["regressor"] = regressor
+  if vposer is not None:
+    if "vposer" not in params:
+      raise ValueError("these variables have no 'vposer' group (a pose_decoder='vposer' model's)")
+    params["vposer"] = decoder_variables(vposer)["params"]
   return {**variables, "params": params}
 
 

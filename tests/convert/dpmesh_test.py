@@ -7,10 +7,13 @@ The checkpoint's ldm / cldm names are written in this test from research/dpmesh.
 attention and GEGLU Linears carry cloneofsimo's injected names (`M.linear.weight`,
 `M.lora_down.weight`, `M.lora_up.weight`: DPMesh issue #7). The reference is diffusers' VAE,
 ControlNet (direct: latent ‖ heatmaps into conv_in) and U-Net with the LoRA merged, DPMesh's
-`outmodules` and `kp_lifting` in torch.
+`outmodules` and `kp_lifting` in torch, the regressor oracle of dpmesh_regressor_test and the
+VPoser v1 oracle of vposer_v1_test (its whole state dict under `vposer.vposer.`, as DPMesh's
+`Model.vposer` wrapper registers it): the released model (`pose_decoder='vposer'`) end to end.
 """
 
 import dataclasses
+import functools
 import re
 
 import jax
@@ -32,15 +35,27 @@ from jhmr.convert.dpmesh import (  # noqa: E402
   widen_conv_in,
 )
 from jhmr.convert.dpmesh_regressor import convert_dpmesh_regressor  # noqa: E402
+from jhmr.convert.vposer_v1 import convert_vposer_v1  # noqa: E402
 from jhmr.models.controlnet import ControlNet  # noqa: E402
+from jhmr.models.dpmesh import DPMesh, DPMeshConfig, vposer_pose_decoder  # noqa: E402
 from jhmr.models.dpmesh_backbone import DPMeshBackbone, DPMeshBackboneConfig  # noqa: E402
-from jhmr.models.dpmesh_regressor import DPMESH_REGRESSOR_TINY  # noqa: E402
+from jhmr.models.dpmesh_regressor import DPMESH_REGRESSOR_TINY, DPMeshRegressor  # noqa: E402
+from jhmr.models.vposer_v1 import VPoserV1  # noqa: E402
 from tests.models.dpmesh_backbone_test import TORCH_UNET, TORCH_VAE  # noqa: E402
 from tests.models.dpmesh_regressor_test import Regressor  # noqa: E402
+from tests.models.vposer_v1_test import make_oracle  # noqa: E402
 from tests.torch_reference import nchw, nhwc, randomize, rel_err  # noqa: E402
 
 CFG = DPMeshBackboneConfig.tiny(prompt="released", image_range="unit", latent_scale=1.0)
 RCFG = dataclasses.replace(DPMESH_REGRESSOR_TINY, in_channels=CFG.fusion_channels)
+VPOSER = VPoserV1(num_neurons=16)  # latent 32 = RCFG.pose_code_dim
+# The released model: one 32-D VPoser code decoded by VPoser v1 (crop size: translation only).
+MODEL_CFG = DPMeshConfig(
+  backbone=CFG,
+  regressor=dataclasses.replace(RCFG, crop_size=(CFG.image_size, CFG.image_size)),
+  vposer=VPOSER,
+  pose_decoder="vposer",
+)
 J, R = CFG.num_joints, CFG.lora_rank
 # The tiny diffusers models of the backbone test (ControlNetModel takes no `sample_size`).
 UNET_KW = {k: v for k, v in TORCH_UNET.items() if k != "sample_size"}
@@ -187,6 +202,7 @@ def official():
   fusion = randomize(_outmodules(), seed=3, scale=0.05)
   kp_lifting = randomize(torch.nn.Linear(2, CFG.token_dim), seed=4, scale=0.5)
   regressor = randomize(Regressor(RCFG), seed=5, scale=0.3)
+  vposer = make_oracle(seed=7, num_neurons=VPOSER.num_neurons, latentD=VPOSER.latent_dim)
 
   # Copies: the torch U-Net gets the LoRA merged in place below, the checkpoint keeps W.
   unet_ldm = _ldm(tunet, {k: v.clone() for k, v in tunet.state_dict().items()})
@@ -250,12 +266,12 @@ def official():
   )
   sd["kp_lifting.weight"], sd["kp_lifting.bias"] = kp_lifting.weight, kp_lifting.bias
   sd.update(regressor.state_dict())
-  sd["vposer.vposer.bodyprior_dec_fc1.weight"] = torch.ones(5, 32)
+  sd.update({"vposer.vposer." + k: v for k, v in vposer.state_dict().items()})
   sd["human_model_layer.th_shapedirs"] = torch.zeros(6, 3, 10)
   sd = {f"module.{k}": v.detach().clone() for k, v in sd.items()}
   return dict(
     sd=sd, tvae=tvae, tunet=tunet, tcn=tcn, fusion=fusion, kp_lifting=kp_lifting,
-    regressor=regressor,
+    regressor=regressor, vposer=vposer,
   )  # fmt: skip
 
 
@@ -328,10 +344,13 @@ def test_official_checkpoint_matches_torch_model(official, tmp_path):
   path = tmp_path / "3dpw_best_ckpt.pth.tar"
   optimizer = {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]}
   torch.save({"epoch": 7, "network": official["sd"], "optimizer": optimizer}, path)
-  ckpt = load_dpmesh_checkpoint(path, CFG, RCFG)
+  ckpt = load_dpmesh_checkpoint(path, CFG, RCFG, vposer_model=VPOSER)
   assert set(ckpt.backbone) == {"vae", "unet", "unet_lora", "controlnet", "prompt", "fusion"}
-  assert set(ckpt.vposer_v1) == {"vposer.bodyprior_dec_fc1.weight"}
-  assert any("VPoser v1" in n for n in ckpt.notes)
+  ref_vposer = convert_vposer_v1(official["vposer"].state_dict(), VPOSER)
+  jax.tree.map(np.testing.assert_array_equal, ckpt.vposer_v1, ref_vposer)
+  assert set(ckpt.variables["params"]) == {"backbone", "regressor", "vposer"}
+  assert set(ckpt.variables["params"]["vposer"]) == {"dec_fc1", "dec_fc2", "dec_out"}
+  assert not any("VPoser" in n for n in ckpt.notes)
   assert set(ckpt.skipped) == {
     "backbone.sd_model.betas",
     "backbone.sd_model.alphas_cumprod",
@@ -345,10 +364,16 @@ def test_official_checkpoint_matches_torch_model(official, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, ckpt.regressor, ref_reg)
   assert ckpt.variables["params"]["regressor"] is ckpt.regressor
 
+  # The converted variables are exactly the released model's (structure and shapes).
+  model = DPMesh(MODEL_CFG)
+  want = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                        *model.dummy_inputs())  # fmt: skip
+  shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)  # noqa: E731
+  assert shapes(ckpt.variables) == shapes(want)
+
   images, keypoints = _inputs()
-  model = DPMeshBackbone(CFG)
   # Eager: per-op compiles are cheaper here than compiling the whole jitted graph.
-  out = model.apply({"params": ckpt.backbone}, images, keypoints)
+  out = DPMeshBackbone(CFG).apply({"params": ckpt.backbone}, images, keypoints)
   assert float(jnp.max(out.heatmaps)) > 0.5
   latent, ctx, feats, avg, fused = _torch_forward(official, images, keypoints, out.heatmaps)
   assert rel_err(out.latent, nhwc(latent)) < 1e-4
@@ -359,6 +384,23 @@ def test_official_checkpoint_matches_torch_model(official, tmp_path):
     assert rel_err(out.attention_maps[side], nhwc(avg[side])) < 1e-4, side
   assert out.fused.shape == (2, 8, 8, CFG.fusion_channels)
   assert rel_err(out.fused, nhwc(fused)) < 1e-4
+
+  # Regressor and frozen VPoser v1 decoder (DPMesh's `Vposer`: 21 joints + 2 zero hand joints),
+  # DPMesh's own decoder function on the converted groups; jitted (one small program).
+  @jax.jit
+  def head(params, fused):
+    decoder = vposer_pose_decoder(VPOSER, params["vposer"])
+    reg = DPMeshRegressor(MODEL_CFG.regressor, pose_decoder=decoder)
+    return reg.apply({"params": params["regressor"]}, fused)
+
+  reg = head(ckpt.variables["params"], out.fused)
+  with torch.no_grad():
+    ref = official["regressor"](fused, torch.full((2,), 100.0))
+    rot = official["vposer"].decode(ref["pose_code"]).numpy().reshape(2, 21, 3, 3)
+  assert rel_err(reg.pose_code, ref["pose_code"].numpy()) < 1e-4
+  assert rel_err(reg.betas, ref["betas"].numpy()) < 1e-4
+  assert rel_err(reg.body_pose[:, :21], rot) < 1e-4
+  np.testing.assert_array_equal(reg.body_pose[:, 21:], np.broadcast_to(np.eye(3), (2, 2, 3, 3)))
 
 
 def _drop(sd, key):
@@ -408,6 +450,26 @@ REFUSALS = {
     },
     r"mis-shaped.*conv_in/kernel",
   ),
+  "missing VPoser weight": (
+    lambda sd: _drop(sd, "module.vposer.vposer.bodyprior_dec_out.bias"),
+    r"VPoser v1.*missing: params/dec_out/bias",
+  ),
+  "missing VPoser statistic": (
+    lambda sd: _drop(sd, "module.vposer.vposer.bodyprior_enc_bn1.running_mean"),
+    r"VPoser v1.*missing: batch_stats/enc_bn1/mean",
+  ),
+  "extra VPoser key": (
+    lambda sd: {**sd, "module.vposer.vposer.bodyprior_dec_fc3.weight": torch.ones(1)},
+    r"VPoser v1.*unexpected keys: vposer\.vposer\.bodyprior_dec_fc3\.weight",
+  ),
+  "VPoser key outside the wrapper's model": (
+    lambda sd: {**sd, "module.vposer.bodyprior_dec_fc1.weight": torch.ones(16, 32)},
+    r"VPoser v1.*unexpected keys: vposer\.bodyprior_dec_fc1\.weight",
+  ),
+  "mis-shaped VPoser": (
+    lambda sd: {**sd, "module.vposer.vposer.bodyprior_dec_fc1.weight": torch.ones(16, 31)},
+    r"VPoser v1.*mis-shaped.*dec_fc1/kernel.*vposer\.vposer\.bodyprior_dec_fc1\.weight",
+  ),
   "alias differs": (
     lambda sd: {**sd, "module.backbone.encoder_vq.quant_conv.bias": torch.ones(8)},
     r"encoder_vq\.quant_conv\.bias.*differs",
@@ -419,15 +481,34 @@ REFUSALS = {
 def test_refusals_name_the_key(official, case):
   edit, pattern = REFUSALS[case]
   with pytest.raises(ConversionError, match=re.compile(pattern, re.S)):
-    convert_dpmesh_checkpoint(edit(official["sd"]), CFG, RCFG)
+    convert_dpmesh_checkpoint(edit(official["sd"]), CFG, RCFG, vposer_model=VPOSER)
 
 
 def test_refuses_vposer_and_paper_prompt(official):
   with pytest.raises(ConversionError, match="VPoser v1"):
-    convert_dpmesh_checkpoint(official["sd"], CFG, RCFG, vposer="error")
+    convert_dpmesh_checkpoint(official["sd"], CFG, RCFG, vposer="error", vposer_model=VPOSER)
   paper = dataclasses.replace(CFG, prompt="paper")
   with pytest.raises(ConversionError, match="kp_lifting"):
-    convert_dpmesh_checkpoint(official["sd"], paper, RCFG)
+    convert_dpmesh_checkpoint(official["sd"], paper, RCFG, vposer_model=VPOSER)
+  # The release's 512-neuron VPoser is expected by default: the tiny one is mis-shaped.
+  with pytest.raises(ConversionError, match=r"(?s)VPoser v1.*mis-shaped.*dec_fc1/kernel"):
+    convert_dpmesh_checkpoint(official["sd"], CFG, RCFG)
+  with pytest.raises(ValueError, match="latent size 16"):
+    convert_dpmesh_checkpoint(official["sd"], CFG, RCFG, vposer_model=VPoserV1(latent_dim=16))
+
+
+def test_checkpoint_without_vposer_gets_a_note(official, monkeypatch):
+  """No VPoser keys: converted (the decoder comes from a snapshot) with a note. The U-Net part is
+  stubbed: only the VPoser bookkeeping is under test here."""
+  import jhmr.convert.dpmesh as dpmesh_convert
+
+  monkeypatch.setattr(dpmesh_convert, "_convert_unet_and_lora", lambda *a: ({}, {}))
+  monkeypatch.setattr(dpmesh_convert, "convert_ldm_controlnet", lambda *a, **k: {})
+  monkeypatch.setattr(dpmesh_convert, "_convert_vae", lambda *a: {})
+  sd = {k: v for k, v in official["sd"].items() if not k.startswith("module.vposer.")}
+  ckpt = convert_dpmesh_checkpoint(sd, CFG, RCFG, vposer="error")
+  assert ckpt.vposer_v1 is None and set(ckpt.variables["params"]) == {"backbone", "regressor"}
+  assert any("no VPoser v1" in n and "load_vposer_v1" in n for n in ckpt.notes)
 
 
 def test_widen_conv_in():

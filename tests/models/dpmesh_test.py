@@ -146,8 +146,15 @@ def test_input_errors(setup):
 
 
 def test_config_validation():
-  with pytest.raises(NotImplementedError, match="VPoser v1"):
-    DPMeshConfig.tiny(pose_decoder="vposer")
+  full = DPMeshConfig.released()
+  assert full.pose_decoder == "vposer" and full.vposer.num_neurons == 512
+  assert full.backbone.prompt == "released" and full.regressor.pose_code_dim == 32
+  released = DPMeshConfig.tiny(pose_decoder="vposer")  # the released checkpoints' decoder
+  assert (released.regressor.pose_tokens, released.regressor.pose_code_dim) == (0, 32)
+  with pytest.raises(ValueError, match="one 32-D VPoser code"):
+    dataclasses.replace(released, regressor=DPMeshConfig.tiny().regressor)
+  with pytest.raises(ValueError, match="21 SMPL body joints"):
+    dataclasses.replace(released, vposer=dataclasses.replace(released.vposer, num_joints=23))
   with pytest.raises(ValueError, match="pose_decoder"):
     DPMeshConfig.tiny(pose_decoder="vqvae")
   cfg = DPMeshConfig.tiny()
