@@ -29,7 +29,9 @@ RUNTIME = [
 ]
 
 # Reference libraries for the equivalence tests and the PyTorch converters. torch is pinned to the
-# CPU build: an unpinned torch drags in gigabytes of CUDA packages.
+# CPU build: an unpinned torch drags in gigabytes of CUDA packages. The FID oracles pytorch-fid and
+# clean-fid are installed by README's test command with --no-deps (their torchvision requirement
+# would replace the CPU torch; tests/inception_reference.py imports them without torchvision).
 TEST = [
   "torch==2.13.0",
   "smplx",
