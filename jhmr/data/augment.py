@@ -264,8 +264,17 @@ def color_jitter(low: float = 0.8, high: float = 1.2) -> Transform:
   """Multiplies each colour channel of the image by U(low, high) (DPMesh: 0.8, 1.2)."""
 
   def transform(example: PersonExample, rng: np.random.Generator) -> PersonExample:
-    image = np.asarray(example.image, np.float32) * rng.uniform(low, high, 3)
-    return example.replace(image=np.clip(np.round(image), 0, 255).astype(np.uint8))
+    gains = rng.uniform(low, high, 3)
+    image = np.asarray(example.image)
+    if image.dtype != np.uint8:
+      image = image.astype(np.float32) * gains
+      return example.replace(image=np.clip(np.round(image), 0, 255).astype(np.uint8))
+    # uint8: a [3, 256] lookup table, the same rounded products as the float path, ~8x faster
+    table = np.clip(np.round(np.arange(256.0) * gains[:, None]), 0, 255).astype(np.uint8)
+    out = np.empty_like(image)
+    for c in range(3):
+      np.take(table[c], image[..., c], out=out[..., c])
+    return example.replace(image=out)
 
   return transform
 
@@ -362,8 +371,7 @@ def patch_occluders(
     s = example.crop_size
     x0, y0, x1, y1 = person_box(example)
     side = max(x1 - x0, y1 - y0, 1.0)
-    image = np.asarray(example.image, np.float32).copy()
-    covered = np.zeros((s, s), bool)
+    pastes = []  # (rows, cols, alpha [h, w, 1], patch [h, w, 3]) clipped to the crop
     for _ in range(rng.integers(count[0], count[1] + 1)):
       source = bank[rng.integers(len(bank))]
       length, ratio = rng.uniform(*size) * side, rng.uniform(*aspect)
@@ -379,9 +387,22 @@ def patch_occluders(
         continue
       a = alpha[cy0 - top : cy1 - top, cx0 - left : cx1 - left, None]
       p = patch[cy0 - top : cy1 - top, cx0 - left : cx1 - left]
-      image[cy0:cy1, cx0:cx1] = a * p + (1.0 - a) * image[cy0:cy1, cx0:cx1]
-      covered[cy0:cy1, cx0:cx1] |= a[..., 0] >= 0.5
-    image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+      pastes.append((slice(cy0, cy1), slice(cx0, cx1), a, p))
+    # Blend in float32 and round only inside the box around the patches (a uint8 pixel outside
+    # it would round to itself).
+    image = np.array(example.image)
+    ry0, rx0 = (min(q[i].start for q in pastes) if pastes else 0 for i in (0, 1))
+    ry1, rx1 = (max(q[i].stop for q in pastes) if pastes else 0 for i in (0, 1))
+    if image.dtype != np.uint8:
+      ry0, ry1, rx0, rx1 = 0, s, 0, s
+    region = image[ry0:ry1, rx0:rx1].astype(np.float32)
+    covered = np.zeros((s, s), bool)
+    for rows, cols, a, p in pastes:
+      local = (slice(rows.start - ry0, rows.stop - ry0), slice(cols.start - rx0, cols.stop - rx0))
+      region[local] = a * p + (1.0 - a) * region[local]
+      covered[rows, cols] |= a[..., 0] >= 0.5
+    image = image.astype(np.uint8)
+    image[ry0:ry1, rx0:rx1] = np.clip(np.round(region), 0, 255).astype(np.uint8)
     return _occlude(example, image, covered)
 
   return transform

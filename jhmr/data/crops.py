@@ -1,5 +1,6 @@
 """Person crops: ONE affine warp, the crop presets of every model, boxes from keypoints, and
-image encoding (numpy; PIL only to encode and decode files).
+image encoding (numpy; PIL and scipy.ndimage as the warp's resampling engines, PIL to encode and
+decode files).
 
 `warp_affine(image, matrix, (W, H), border)` is the only resampler: bilinear, with
 `cv2.warpAffine(INTER_LINEAR, BORDER_CONSTANT)` semantics (pixel centres at integer coordinates,
@@ -16,8 +17,9 @@ out). Every crop below only builds its `[2, 3]` matrix and calls it:
   256 x 256, optional anti-aliasing blur.
 - `crop_for_vitpose` (ViTPose's UDP top-down crop): 256 x 192 from `boxes_to_center_scale`.
 
-Known difference from cv2: cv2 rounds interpolation weights to 1/32 px, this warp is exact
-(float64), so uint8 outputs can differ by one grey level at rounding ties.
+Difference from cv2: none beyond rounding. uint8 outputs are interpolated in float32 and rounded
+to nearest; against `cv2.warpAffine` of opencv-python-headless 5.0.0.93 they agree within one
+grey level (random images, borders, rotations, a 0/255 checkerboard; tests/data/crops_test.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import io
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from jhmr.errors import InputError
 
@@ -50,7 +53,15 @@ def warp_affine(image: np.ndarray, matrix, out_size, border: float = 0.0) -> np.
 
   Returns:
     `[H_out, W_out(, C)]`: dst(x, y) = bilinear src(M^-1 (x, y, 1)); uint8 in -> rounded,
-    saturated uint8 out (as cv2), float in -> the same float dtype.
+    saturated uint8 out (as cv2), float in -> the same float dtype (other dtypes -> float64).
+
+  Two engines, one semantics (both checked against a reference resampler in the tests):
+  uint8 images go through PIL's `Image.transform(AFFINE, BILINEAR)` one channel at a time in
+  float32 mode "F" (a 1-pixel `border` frame turns PIL's edge clamping into cv2's constant border;
+  the matrix is shifted to PIL's pixel-centre-at-half convention); the result is rounded as
+  float32, so a value within ~1e-5 of a rounding tie may land one grey level away from the exact
+  one. Float images go through `scipy.ndimage.affine_transform(order=1, mode='grid-constant')`
+  in float64 (exact).
   """
   image = np.asarray(image)
   if image.ndim not in (2, 3) or min(image.shape[:2]) < 1:
@@ -59,34 +70,62 @@ def warp_affine(image: np.ndarray, matrix, out_size, border: float = 0.0) -> np.
   if m.shape != (2, 3) or not np.all(np.isfinite(m)):
     raise InputError(f"warp_affine: matrix must be a finite [2, 3] array, got {m.tolist()}")
   out_w, out_h = (int(v) for v in out_size)
+  if out_w < 0 or out_h < 0:
+    raise InputError(f"warp_affine: out_size must be (W, H) >= 0, got {tuple(out_size)}")
   a = m[:, :2]
   if abs(np.linalg.det(a)) < 1e-12:
     raise InputError(f"warp_affine: matrix {m.tolist()} is singular")
   a_inv = np.linalg.inv(a)
-  b_inv = -a_inv @ m[:, 2]
-  src = image.astype(np.float64)
-  if src.ndim == 2:
-    src = src[..., None]
-  height, width = src.shape[:2]
-  ys, xs = np.mgrid[0:out_h, 0:out_w].astype(np.float64)
-  sx = a_inv[0, 0] * xs + a_inv[0, 1] * ys + b_inv[0]
-  sy = a_inv[1, 0] * xs + a_inv[1, 1] * ys + b_inv[1]
-  x0, y0 = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
-  fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
-
-  def tap(yy, xx):
-    inside = (xx >= 0) & (xx < width) & (yy >= 0) & (yy < height)
-    vals = src[np.clip(yy, 0, height - 1), np.clip(xx, 0, width - 1)]
-    return np.where(inside[..., None], vals, float(border))
-
-  top = tap(y0, x0) * (1 - fx) + tap(y0, x0 + 1) * fx
-  bottom = tap(y0 + 1, x0) * (1 - fx) + tap(y0 + 1, x0 + 1) * fx
-  out = top * (1 - fy) + bottom * fy
-  if image.ndim == 2:
-    out = out[..., 0]
+  b_inv = -a_inv @ m[:, 2]  # output pixel (x, y) samples image pixel a_inv (x, y) + b_inv
+  src = image if image.ndim == 3 else image[..., None]
   if image.dtype == np.uint8:
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-  return out.astype(image.dtype if np.issubdtype(image.dtype, np.floating) else np.float64)
+    out = _warp_uint8(src, a_inv, b_inv, out_w, out_h, float(border))
+  else:
+    dtype = image.dtype if np.issubdtype(image.dtype, np.floating) else np.float64
+    out = _warp_float(src, a_inv, b_inv, out_w, out_h, float(border)).astype(dtype, copy=False)
+  return out if image.ndim == 3 else out[..., 0]
+
+
+def _warp_uint8(src, a_inv, b_inv, out_w: int, out_h: int, border: float) -> np.ndarray:
+  """`warp_affine` of uint8 `src [H, W, C]` with PIL (mode "F", one channel at a time)."""
+  height, width, channels = src.shape
+  out = np.empty((out_h, out_w, channels), np.uint8)
+  if out.size == 0:
+    return out
+  # PIL samples output pixel (x, y) at (x + 1/2, y + 1/2), maps it by `coeffs` and puts input
+  # pixel centres at half-integers; the 1-pixel frame adds 1 to every input coordinate. Beyond
+  # the frame (taps 1.5+ px outside the image) PIL writes `fillcolor`, the border.
+  shift = b_inv + 1.5 - a_inv.sum(axis=1) / 2
+  coeffs = (*a_inv[0], shift[0], *a_inv[1], shift[1])
+  framed = np.full((height + 2, width + 2), border, np.float32)
+  for c in range(channels):  # one reused frame and plane: fresh pages cost more than the copies
+    framed[1:-1, 1:-1] = src[..., c]
+    warped = Image.fromarray(framed).transform(
+      (out_w, out_h), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=border
+    )
+    plane = np.rint(np.asarray(warped))
+    out[..., c] = np.clip(plane, 0, 255, out=plane)
+  return out
+
+
+def _warp_float(src, a_inv, b_inv, out_w: int, out_h: int, border: float) -> np.ndarray:
+  """`warp_affine` of `src [H, W, C]` in float64 with scipy (rows and columns swapped)."""
+  matrix = a_inv[::-1, ::-1]
+  offset = b_inv[::-1]
+  out = np.empty((out_h, out_w, src.shape[2]), np.float64)
+  for c in range(src.shape[2] if out.size else 0):
+    ndimage.affine_transform(
+      np.ascontiguousarray(src[..., c], np.float64),
+      matrix,
+      offset,
+      output_shape=(out_h, out_w),
+      output=out[..., c],
+      order=1,
+      mode="grid-constant",  # interpolates with `cval` beyond the edge pixels, as cv2
+      cval=border,
+      prefilter=False,
+    )
+  return out
 
 
 def bbox_from_keypoints(
@@ -252,10 +291,10 @@ def crop_for_hmr2(image: np.ndarray, box, blur: bool = False, size: int = HMR2_S
   pixels = image.astype(np.float64)
   downsampling = box_size / size / 2.0
   if blur and downsampling > 1.1:
-    from scipy.ndimage import gaussian_filter
-
     sigma = (downsampling - 1.0) / 2.0
-    pixels = gaussian_filter(pixels, sigma=(sigma, sigma, 0.0), mode="nearest", truncate=4.0)
+    pixels = ndimage.gaussian_filter(
+      pixels, sigma=(sigma, sigma, 0.0), mode="nearest", truncate=4.0
+    )
   matrix = scale_about(center, size / box_size, (size / 2.0, size / 2.0))
   crop = warp_affine(pixels, matrix, (size, size))
   return HMR2Crop(

@@ -296,6 +296,15 @@ def test_color_jitter_scales_channels(example):
   _assert_same(out.replace(image=example.image), example)
 
 
+def test_color_jitter_is_the_rounded_product_per_channel(example):
+  """The uint8 lookup table gives clip(round(pixel * gain_c)) with the gains of the same draw."""
+  image = np.random.default_rng(5).integers(0, 256, example.image.shape, dtype=np.uint8)
+  out = augment.color_jitter(0.5, 1.5)(example.replace(image=image), np.random.default_rng(6))
+  gains = np.random.default_rng(6).uniform(0.5, 1.5, 3)
+  want = np.clip(np.round(image.astype(np.float64) * gains), 0, 255)
+  assert out.image.dtype == np.uint8 and np.array_equal(out.image, want)
+
+
 def test_posefix_probability_table():
   parts = posefix.keypoint_parts(("nose", "left_wrist", "RHip", "LAnkle", "Neck", "LBigToe"))
   assert parts == (("nose", True), ("wrist", True), ("hip", True), ("ankle", True),
