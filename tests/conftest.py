@@ -33,6 +33,7 @@ REFERENCES = (
   "ipykernel",
   "pytorch_fid",  # installed with --no-deps (README): its own FID Inception blocks
   "cleanfid",  # installed with --no-deps (README): its FID / KID functions
+  "cv2",
 )
 # The real browser of the viewer test (Debian's packages chromium and chromium-driver); the test
 # skips without it, and with JHMR_REQUIRE_REFERENCES=1 its absence stops the run.
