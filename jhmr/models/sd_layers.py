@@ -26,6 +26,8 @@ Dtype = Any
 
 # Largest logits block (elements of [B, heads, L_q, L_kv]) 'auto' forms in one piece.
 _MAX_LOGITS_ELEMENTS = 1 << 25
+# The same on CPU, where a block that stays in cache beats one large block (see `attention`).
+_MAX_LOGITS_ELEMENTS_CPU = 1 << 20
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn")
 
 
@@ -85,6 +87,73 @@ class TimestepEmbedding(nn.Module):
 # Convolutional blocks
 
 
+class GroupNorm(nn.Module):
+  """GroupNorm over `[B, ..., C]` with per-channel `scale` and `bias` (flax `nn.GroupNorm`'s
+  parameters and statistics: biased variance `E[x^2] - E[x]^2`, in float32).
+
+  One reshape to `[B, N, G, C/G]` and two fused reductions; on XLA CPU this is ~4x faster than
+  `nn.GroupNorm` (3.7 vs 0.9 ms at 32x32x320). Output in `dtype`.
+  """
+
+  num_groups: int = 32
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    if c % self.num_groups:
+      raise ValueError(f"GroupNorm: {c} channels are not divisible by {self.num_groups} groups")
+    scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+    xg = x.astype(jnp.float32).reshape(x.shape[0], -1, self.num_groups, c // self.num_groups)
+    mean = xg.mean((1, 3), keepdims=True)
+    var = jnp.maximum(jnp.square(xg).mean((1, 3), keepdims=True) - jnp.square(mean), 0.0)
+    y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+# Largest image (H * W) for which `Conv3x3` runs as one patches-times-kernel matmul on CPU.
+_IM2COL_MAX_PIXELS = 64
+
+
+class Conv3x3(nn.Module):
+  """3x3 stride-1 'same' convolution, NHWC, with `kernel [3, 3, C_in, C_out]` and `bias [C_out]`
+  (the parameters and initialisers of `nn.Conv(features, (3, 3), padding=1)`).
+
+  On CPU, small images (H * W <= 64: SD's 8x8 and 4x4 levels at DPMesh's 32x32 latents) run as
+  one matmul of the 9 shifted copies `[B*H*W, 9*C_in]` with the kernel `[9*C_in, C_out]`, which
+  reads the (large, 1280-channel) kernel once and is ~2x faster there than XLA CPU's
+  convolution; larger images and other backends use `lax.conv_general_dilated`.
+  """
+
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (3, 3, c, self.features), self.param_dtype
+    )
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    if h * w <= _IM2COL_MAX_PIXELS and jax.default_backend() == "cpu":
+      xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+      patches = jnp.concatenate(
+        [xp[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], -1
+      )
+      y = patches.reshape(b * h * w, 9 * c) @ kernel.reshape(9 * c, self.features)
+      y = y.reshape(b, h, w, self.features)
+    else:
+      y = jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
+    return y + bias
+
+
 class ResnetBlock2D(nn.Module):
   """GroupNorm-SiLU-conv residual block, with an optional additive time embedding.
 
@@ -104,10 +173,8 @@ class ResnetBlock2D(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    conv = lambda name: nn.Conv(
-      self.out_channels, (3, 3), padding=((1, 1), (1, 1)), name=name, **kw
-    )
-    norm = lambda name: nn.GroupNorm(num_groups=self.groups, epsilon=self.eps, name=name, **kw)
+    conv = lambda name: Conv3x3(self.out_channels, name=name, **kw)
+    norm = lambda name: GroupNorm(num_groups=self.groups, epsilon=self.eps, name=name, **kw)
     h = conv("conv1")(nn.silu(norm("norm1")(x)))
     if self.use_time_embedding:
       if temb is None:
@@ -158,18 +225,31 @@ class Upsample2D(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return nn.Conv(
-      self.out_channels,
-      (3, 3),
-      padding=((1, 1), (1, 1)),
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      name="conv",
-    )(x)
+    return Conv3x3(self.out_channels, dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(
+      x
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Attention
+
+
+def _attention_core(q: jax.Array, kt: jax.Array, vt: jax.Array) -> jax.Array:
+  """`q [B, H, L_q, D]` (already scaled by 1/sqrt(D)), `kt [B, H, D, L_kv]`, `vt [B, H, L_kv, D]`
+  -> `[B, H, L_q, D]` float32. Logits and exponentials in float32; the row sums divide the
+  (small) output instead of the (large) probability block."""
+  logits = jnp.einsum("bhqd,bhdk->bhqk", q, kt, preferred_element_type=jnp.float32)
+  e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
+  out = jnp.einsum("bhqk,bhkd->bhqd", e.astype(vt.dtype), vt, preferred_element_type=jnp.float32)
+  return out / e.sum(-1, keepdims=True)
+
+
+def _query_chunk(b: int, h: int, lq: int, lk: int, limit: int, requested: int | None) -> int:
+  """Queries per chunk: `requested`, else the largest power of two whose `[B, H, chunk, L_kv]`
+  logits stay within `limit` elements; then the largest divisor of `L_q` not above it."""
+  chunk = requested or max(1, limit // (b * h * lk))
+  chunk = min(lq, 1 << (chunk.bit_length() - 1))
+  return math.gcd(lq, chunk) if lq % chunk else chunk
 
 
 def attention(
@@ -189,9 +269,11 @@ def attention(
       'chunked' (query chunks one after another, so at most `[B, H, chunk, L_kv]` logits exist at
       once), 'cudnn' (GPU flash attention, no logits in memory; bf16/fp16 inputs, head width a
       multiple of 8 and <= 256 on Hopper; float32 inputs fall back to 'auto'), or 'auto'
-      ('xla' when the logits block is small, 'chunked' otherwise).
+      ('xla' when the logits block is small, 'chunked' otherwise; "small" is about 32M elements
+      on accelerators and 1M (4 MB, cache-sized) on CPU, where query chunks that stay in cache
+      are ~3x faster than one large block: SD's 32x32 self-attention, 8 x 1024 x 1024 logits).
     query_chunk_size: queries per chunk for 'chunked' (default: the largest power of two that
-      keeps a chunk's logits within about 32M elements).
+      keeps a chunk's logits within the 'auto' limit above).
 
   Returns:
     `[B, L_q, H, D]` in the dtype of `q`.
@@ -200,27 +282,27 @@ def attention(
     raise ValueError(
       f"attention implementation {implementation!r} is not one of {ATTENTION_IMPLEMENTATIONS}"
     )
-  b, lq, h, _ = q.shape
+  b, lq, h, d = q.shape
   lk = k.shape[1]
   if implementation == "cudnn":
     if q.dtype in (jnp.bfloat16, jnp.float16):
       return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
     implementation = "auto"  # cuDNN flash attention takes half precision only
+  limit = _MAX_LOGITS_ELEMENTS_CPU if jax.default_backend() == "cpu" else _MAX_LOGITS_ELEMENTS
   if implementation == "auto":
-    implementation = "xla" if b * h * lq * lk <= _MAX_LOGITS_ELEMENTS else "chunked"
-  if implementation == "xla":
-    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
-  chunk = query_chunk_size or max(1, _MAX_LOGITS_ELEMENTS // (b * h * lk))
-  chunk = min(lq, 1 << (chunk.bit_length() - 1))
-  if lq % chunk:
-    chunk = math.gcd(lq, chunk)
+    implementation = "xla" if b * h * lq * lk <= limit else "chunked"
+  # Heads-major operands, transposed once (not once per query chunk).
+  qt = jnp.transpose(q * jnp.asarray(1.0 / math.sqrt(d), q.dtype), (0, 2, 1, 3))
+  kt = jnp.transpose(k, (0, 2, 3, 1))
+  vt = jnp.transpose(v, (0, 2, 1, 3))
+  chunk = lq if implementation == "xla" else _query_chunk(b, h, lq, lk, limit, query_chunk_size)
   if chunk == lq:
-    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
-  q_chunks = jnp.moveaxis(q.reshape(b, lq // chunk, chunk, *q.shape[2:]), 1, 0)
-  out = jax.lax.map(
-    lambda qc: jax.nn.dot_product_attention(qc, k, v, implementation="xla"), q_chunks
-  )
-  return jnp.moveaxis(out, 0, 1).reshape(q.shape)
+    out = _attention_core(qt, kt, vt)
+  else:
+    q_chunks = jnp.moveaxis(qt.reshape(b, h, lq // chunk, chunk, d), 2, 0)
+    out = jax.lax.map(lambda qc: _attention_core(qc, kt, vt), q_chunks)  # [n, B, H, chunk, D]
+    out = jnp.moveaxis(out, 0, 2).reshape(b, h, lq, d)
+  return jnp.transpose(out, (0, 2, 1, 3)).astype(q.dtype)
 
 
 def attention_probabilities(q: jax.Array, k: jax.Array) -> jax.Array:
@@ -352,7 +434,7 @@ class Transformer2DModel(nn.Module):
       proj = lambda features, name: nn.Dense(features, name=name, **kw)
     else:
       proj = lambda features, name: nn.Conv(features, (1, 1), name=name, **kw)
-    h = nn.GroupNorm(num_groups=self.groups, epsilon=1e-6, name="norm", **kw)(x)
+    h = GroupNorm(num_groups=self.groups, epsilon=1e-6, name="norm", **kw)(x)
     h = proj(inner, "proj_in")(h).reshape(b, hgt * wid, inner)
     all_probs = []
     for i in range(self.depth):

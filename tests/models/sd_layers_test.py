@@ -80,6 +80,26 @@ def test_resnet_block_matches_diffusers(c_in, c_out, temb):
   _assert_close(ours, nhwc(ref))
 
 
+@pytest.mark.parametrize("size", [(3, 5), (8, 8), (9, 12)], ids=["im2col", "im2col-64", "conv"])
+def test_conv3x3_and_group_norm_match_flax(size):
+  """Same parameters (names, shapes, initial values) and outputs as nn.Conv / nn.GroupNorm; on
+  CPU images of <= 64 pixels take the patches-matmul path, larger ones lax.conv."""
+  import flax.linen as nn
+
+  x = jax.random.normal(jax.random.key(0), (2, *size, 16)) * 3 + 1
+  for ours, ref in [
+    (sd_layers.Conv3x3(24), nn.Conv(24, (3, 3), padding=((1, 1), (1, 1)))),
+    (sd_layers.GroupNorm(4, epsilon=1e-6), nn.GroupNorm(num_groups=4, epsilon=1e-6)),
+  ]:
+    params = ours.init(jax.random.key(1), x)
+    ref_params = ref.init(jax.random.key(1), x)
+    jax.tree.map(np.testing.assert_array_equal, params, ref_params)  # also the tree
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="not divisible by 5 groups"):
+    sd_layers.GroupNorm(5).init(jax.random.key(0), x)
+
+
 def test_resnet_block_time_embedding_mismatch_raises():
   x = jnp.zeros((1, 4, 4, 8))
   with pytest.raises(ValueError, match="needs a time embedding"):
