@@ -42,13 +42,15 @@ NKR (designed from the paper; the released code has pieces, no loop, research/dp
      (flattened per example), times λ_NKR 0.1 (`nkr_loss`). The gradient reaches the student
      only (the teacher is behind `stop_gradient`). The student starts from the teacher's weights
      or from scratch (caller's choice of `init_variables`). τ defaults to the released `SimCLR`'s
-     1.0.
+     1.0. The teacher's backbone params are the task's non-trained collection `TEACHER`
+     (`variables['teacher']`, the trainer's `model_state`, the loss's `state`): arguments of the
+     jitted step, never constants baked into the compiled program, and saved with each
+     checkpoint.
 
-Parameter groups (`param_labels`) for an `optax.multi_transform`: 'backbone' (ControlNet, U-Net
+Parameter groups (`param_labels`, the task's `Task.param_labels`): 'backbone' (ControlNet, U-Net
 LoRA, joint prompt, fusion: the paper's backbone rate), 'head' (regressor, and the automatic loss
-weights), 'frozen' (VAE, U-Net base, pose codebook). The shared trainer applies one optimiser; a
-frozen part gets zero gradient (stop_gradient), so with adam it stays put, but a weight-decayed
-optimiser needs the labels.
+weights), 'frozen' (VAE, U-Net base, pose decoder): the shared trainer gives each group its rate
+(`optimizer.group_learning_rates`) and frozen leaves no gradient, optimiser state or update.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ from jhmr.models.dpmesh_regressor import OUTPUT_GRID, project_to_crop
 from jhmr.train.task import Task
 
 INPUT_SET = "dpmesh30"
+TEACHER = "teacher"  # the non-trained collection holding the frozen NKR teacher's backbone params
 CLEAN_SET = "dpmesh30_clean"
 BBOX_3D_SIZE = 2.0  # metres of root-relative depth binned into the grid (`bbox_3d_size`)
 TERMS = (
@@ -130,13 +133,21 @@ def dpmesh_keypoints(keypoints_2d) -> np.ndarray:
   return out
 
 
-def dpmesh_keypoint_transform(noise: bool = True, keep_clean: bool = True, samples: int = 64):
+def dpmesh_keypoint_transform(
+  noise: bool = True, keep_clean: bool = True, samples: int = 64, hide_invisible: bool = False
+):
   """Per-example transform: `keypoints_2d['dpmesh30']` = the 30 input joints (`dpmesh_keypoints`),
-  PoseFix-noised when `noise`; with `keep_clean` the clean ones as `'dpmesh30_clean'`."""
+  PoseFix-noised when `noise`; with `keep_clean` the clean ones as `'dpmesh30_clean'`. With
+  `hide_invisible` the 24 SMPL joints whose `joint_visibility` is 0 (outside the crop, or covered
+  by an occluder of `jhmr.data.augment`) get confidence 0 in both (a detector does not see them;
+  the loss's labels in `keypoints_2d['smpl24']` keep them)."""
   corrupt = posefix.posefix_keypoints(INPUT_SET, DPMESH30_NAMES, samples=samples)
 
   def transform(example: PersonExample, rng: np.random.Generator) -> PersonExample:
     clean = dpmesh_keypoints(example.keypoints_2d)
+    if hide_invisible:
+      seen = np.asarray(example.joint_visibility, np.float32) > 0
+      clean[:24] = np.where(seen[:, None], clean[:24], 0.0)
     sets = {**example.keypoints_2d, INPUT_SET: clean}
     if keep_clean:
       sets[CLEAN_SET] = clean.copy()
@@ -293,7 +304,7 @@ def param_labels(params) -> dict:
       out[group] = jax.tree.map(lambda t: "backbone" if t else "frozen", mask)
     elif group in ("regressor", "loss_weights"):
       out[group] = jax.tree.map(lambda _: "head", tree)
-    elif group == "pose_codebook":
+    elif group in ("pose_codebook", "vposer"):  # the frozen pose decoders
       out[group] = jax.tree.map(lambda _: "frozen", tree)
     else:
       raise ValueError(f"unknown DPMesh parameter group {group!r}")
@@ -316,6 +327,7 @@ def make_dpmesh_task(
   nkr_weight: float = 0.1,
   temperature: float = 1.0,
   transforms=(),
+  hide_invisible: bool = False,
   evaluate=None,
 ) -> Task:
   """DPMesh on `PersonExample` crops (of the model's crop size).
@@ -324,35 +336,51 @@ def make_dpmesh_task(
     model: `DPMesh`.
     source: random-access `PersonExample`s.
     body_model: `jhmr.body.BodyModel` for the losses.
-    init_variables: the starting variables (`with_pretrained(...)`); the task's `init` returns
-      them. Without them `init` calls `model.init` (compiling the SD U-Net's init: minutes).
-    teacher_variables: a trained teacher's variables: adds the NKR term (module docstring).
+    init_variables: the starting variables (`with_pretrained(random_variables(...), ...)`): the
+      task's `initial_variables` (the trainer places them without compiling an init) and what
+      its `init` returns. Without them `init` calls `model.init` (compiling the SD U-Net's init:
+      minutes).
+    teacher_variables: a trained teacher's variables (`{'params': {'backbone': ...}, ...}`): adds
+      the NKR term; its backbone params become the non-trained collection `TEACHER`.
     weights: `PAPER_WEIGHTS` or `RELEASED_WEIGHTS` (automatic: `params['loss_weights']`).
     noise: PoseFix errors on the input joints (False to train the teacher).
     nkr_weight, temperature: λ_NKR and the NT-Xent τ.
     transforms: augmentations applied before the keypoint transform.
-  """
-  transforms = (*transforms, dpmesh_keypoint_transform(noise=noise))
-  backbone = DPMeshBackbone(model.config.backbone, model.attention_implementation)
-  teacher = None if teacher_variables is None else teacher_variables["params"]["backbone"]
+    hide_invisible: joints with `joint_visibility` 0 are missing from the input keypoints
+      (`dpmesh_keypoint_transform`).
 
-  def init(key, batch):
-    if init_variables is not None:
-      variables = {k: dict(v) for k, v in init_variables.items()}
-    else:
-      kp = jnp.asarray(batch.keypoints_2d[INPUT_SET])
-      variables = model.init(key, images_unit(batch), kp, crop_focal_length(batch))
-      variables = {k: dict(v) for k, v in variables.items()}
+  The task labels its parameters with `param_labels`.
+  """
+  transforms = (*transforms, dpmesh_keypoint_transform(noise=noise, hide_invisible=hide_invisible))
+  backbone = DPMeshBackbone(model.config.backbone, model.attention_implementation)
+  teacher = None
+  if teacher_variables is not None:
+    teacher = {"backbone": dict(teacher_variables["params"]["backbone"])}
+
+  def extra_collections(variables):
+    variables = {k: dict(v) for k, v in variables.items()}
     if weights.automatic:
       variables["params"]["loss_weights"] = jnp.ones((len(TERMS),), jnp.float32)
+    if teacher is not None:
+      variables[TEACHER] = teacher
     return variables
+
+  initial = None if init_variables is None else extra_collections(init_variables)
+  nkr = teacher is not None
+
+  def init(key, batch):
+    if initial is not None:
+      return initial
+    kp = jnp.asarray(batch.keypoints_2d[INPUT_SET])
+    return extra_collections(model.init(key, images_unit(batch), kp, crop_focal_length(batch)))
 
   def loss(params, state, batch, key):
     params = dict(params)
     p = params.pop("loss_weights", None)
+    model_state = {k: v for k, v in state.items() if k != TEACHER}
     images = images_unit(batch)
     out = model.apply(
-      {"params": params, **state},
+      {"params": params, **model_state},
       images,
       batch.keypoints_2d[INPUT_SET],
       crop_focal_length(batch),
@@ -360,8 +388,9 @@ def make_dpmesh_task(
       rngs={"dropout": key},
     )
     total, metrics = dpmesh_losses(out, batch, body_model, weights, p)
-    if teacher is not None:
-      t = backbone.apply({"params": teacher}, images, batch.keypoints_2d[CLEAN_SET], train=False)
+    if nkr:  # the teacher comes in through `state`, not through this closure
+      frozen = {"params": state[TEACHER]["backbone"]}
+      t = backbone.apply(frozen, images, batch.keypoints_2d[CLEAN_SET], train=False)
       value, nkr_metrics = nkr_loss(out.backbone.fused, t.fused, temperature, nkr_weight)
       total = total + value
       metrics = {**metrics, **nkr_metrics}
@@ -374,4 +403,6 @@ def make_dpmesh_task(
     source=source,
     transforms=transforms,
     evaluate=evaluate,
+    param_labels=param_labels,
+    initial_variables=initial,
   )

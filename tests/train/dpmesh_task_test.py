@@ -12,6 +12,7 @@ from flax import traverse_util
 
 from configs.common import trainer_config
 from jhmr.data.example import PersonExample, stack
+from jhmr.data.pipeline import apply_transforms
 from jhmr.models.dpmesh import DPMESH15_FROM_SMPL24, DPMesh, DPMeshOutput, random_variables
 from jhmr.train import trainer
 from jhmr.train.dpmesh_task import (
@@ -19,6 +20,7 @@ from jhmr.train.dpmesh_task import (
   INPUT_SET,
   PAPER_WEIGHTS,
   RELEASED_WEIGHTS,
+  TEACHER,
   TERMS,
   dpmesh_keypoint_transform,
   dpmesh_keypoints,
@@ -255,3 +257,58 @@ def test_two_trainer_steps_with_nkr(body, tmp_path):
   rows = read_metrics(str(tmp_path))
   assert rows and all(np.isfinite(r["loss"]) for r in rows)
   assert {"nkr_simclr", "nkr_mse", *TERMS} <= set(rows[-1])
+
+
+def test_vposer_decoder_is_frozen():
+  """The released model's VPoser v1 decoder group (`params/vposer`) is labelled frozen."""
+  params = {
+    "regressor": {"cascade_pose_out_0": {"kernel": np.zeros((4, 32))}},
+    "vposer": {"dec_fc1": {"kernel": np.zeros((32, 16)), "bias": np.zeros(16)}},
+  }
+  labels = traverse_util.flatten_dict(param_labels(params), sep="/")
+  assert labels == {
+    "regressor/cascade_pose_out_0/kernel": "head",
+    "vposer/dec_fc1/kernel": "frozen",
+    "vposer/dec_fc1/bias": "frozen",
+  }
+
+
+def _nkr_task(body):
+  model = DPMesh(light_config())
+  init = random_variables(model, seed=0)
+  teacher = random_variables(model, seed=1)
+  task = make_dpmesh_task(
+    model, _examples(body, 2), body, init_variables=init, teacher_variables=teacher
+  )
+  return task, teacher["params"]["backbone"]
+
+
+def test_teacher_is_a_non_trained_collection(body):
+  """The NKR teacher's backbone params are the task's `teacher` collection (the trainer's
+  model_state, the loss's `state`); the starting variables and the labels are the task's."""
+  task, teacher = _nkr_task(body)
+  variables = task.initial_variables
+  assert set(variables) == {"params", TEACHER} and task.param_labels is param_labels
+  got = variables[TEACHER]["backbone"]
+  assert jax.tree.structure(got) == jax.tree.structure(teacher)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(teacher)))
+
+
+@pytest.mark.slow  # ~30 s idle, minutes under load: traces the tiny model and its teacher
+def test_teacher_is_not_a_constant_of_the_loss(body):
+  """The traced loss reads the teacher from its `state` argument and holds none of its arrays as
+  a constant (a closure constant would be baked into the jitted program)."""
+  task, teacher = _nkr_task(body)
+  variables = task.initial_variables
+  batch = stack([apply_transforms(e, task.transforms, 0, i) for i, e in enumerate(task.source)])
+  state = {TEACHER: variables[TEACHER]}
+  closed = jax.make_jaxpr(task.loss)(variables["params"], state, batch, jax.random.key(0))
+  leaves = [np.asarray(x) for x in jax.tree.leaves(teacher) if x.size > 16]
+  for c in closed.consts:
+    c = np.asarray(c)
+    assert not any(c.shape == t.shape and np.array_equal(c, t) for t in leaves), c.shape
+  # Its leaves are arguments the traced loss uses.
+  n_params = len(jax.tree.leaves(variables["params"]))
+  inputs = closed.jaxpr.invars[n_params : n_params + len(jax.tree.leaves(state))]
+  used = {id(v) for eqn in closed.jaxpr.eqns for v in eqn.invars}
+  assert np.mean([id(v) in used for v in inputs]) > 0.9
