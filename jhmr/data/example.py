@@ -52,6 +52,10 @@ class PersonExample:
     has_3d: `[]` float32, 1 when `joints_3d` is ground truth.
     group: `[]` int32, the person (multi-view) or sequence (video) the example belongs to.
     frame: `[]` int32, the view or frame index inside its group.
+    synthetic: `[]` float32, 1 for a generated image (Diffusion-HPC's synthetic image-mesh pairs),
+      0 for a real photograph; None (the default: no leaf, so batches built without it keep their
+      structure) when the source does not say. A source that mixes both sets it on every example
+      (`jhmr.train.hpc_finetune_task.MixedSource`).
   """
 
   image: np.ndarray
@@ -70,6 +74,7 @@ class PersonExample:
   has_3d: np.ndarray
   group: np.ndarray
   frame: np.ndarray
+  synthetic: np.ndarray | None = None
 
   @property
   def crop_size(self) -> int:
@@ -140,6 +145,8 @@ def check_example(example: PersonExample) -> PersonExample:
     "group": (),
     "frame": (),
   }
+  if example.synthetic is not None:
+    shapes["synthetic"] = ()
   for name, shape in shapes.items():
     value = np.asarray(getattr(example, name))
     if value.shape != shape:

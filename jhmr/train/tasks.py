@@ -61,6 +61,20 @@ def hmr_targets(batch, body_model, keypoint_set: str = "openpose25") -> dict:
   }
 
 
+def predicted_body(out, body_model, keypoint_set: str = "openpose25"):
+  """The body of an HMR output (`jhmr.models.hmr.HMR`: rotmat [B, 24, 3, 3] crop-frame root
+  first, betas [B, NB], cam [B, 3]) -> (joints [B, 24, 3] root-centred (m), keypoints2d [B, K, 2]
+  of `keypoint_set` in [-1, 1] crop coordinates through `weak_perspective`)."""
+  body = body_model.joints_only(
+    out["betas"],
+    out["rotmat"][:, 1:],
+    out["rotmat"][:, 0],
+    pose_format="rotmat",
+    joint_set=keypoint_set,
+  )
+  return body.joints - body.joints[:, :1], weak_perspective(body.keypoints, out["cam"])
+
+
 def make_hmr_task(
   model, body_model, source, *, weights=HMRLossWeights(), transforms=(), evaluate=None
 ) -> Task:
@@ -80,15 +94,7 @@ def make_hmr_task(
     )
     target = hmr_targets(batch, body_model)
     nb = out["betas"].shape[-1]
-    body = body_model.joints_only(
-      out["betas"],
-      out["rotmat"][:, 1:],
-      out["rotmat"][:, 0],
-      pose_format="rotmat",
-      joint_set="openpose25",
-    )
-    joints = body.joints - body.joints[:, :1]
-    kp2d = weak_perspective(body.keypoints, out["cam"])
+    joints, kp2d = predicted_body(out, body_model)
     conf = target["keypoint_conf"][..., None]
     has_smpl = batch.has_smpl[:, None]
     terms = {
