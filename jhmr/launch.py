@@ -49,6 +49,18 @@ def _scorehmr_paper():
   return scorehmr_paper.STAGES
 
 
+def _diffusion_hpc():
+  from jhmr.pipelines import diffusion_hpc
+
+  return diffusion_hpc.STAGES
+
+
+def _dpmesh():
+  from jhmr.pipelines import dpmesh
+
+  return dpmesh.STAGES
+
+
 def _image_to_mesh():
   from jhmr.pipelines import image_to_mesh
 
@@ -61,7 +73,9 @@ PROGRAMS = {
   "body_demo": _body_demo,
   "refine": _refine,
   "scorehmr_paper": _scorehmr_paper,
+  "dpmesh": _dpmesh,
   "image_to_mesh": _image_to_mesh,
+  "diffusion_hpc": _diffusion_hpc,
 }
 
 

@@ -11,6 +11,7 @@ Each builder's module docstring says what to download from where and the manual_
 from __future__ import annotations
 
 from jhmr.data.cmu_mocap import cmu_mocap_dataset_builder as _cmu
+from jhmr.data.diffusion_hpc_synthetic import diffusion_hpc_synthetic_dataset_builder as _hpc
 from jhmr.data.emdb import emdb_dataset_builder as _emdb
 from jhmr.data.h36m import h36m_dataset_builder as _h36m
 from jhmr.data.ski_pose import ski_pose_dataset_builder as _ski_pose
@@ -26,6 +27,7 @@ BUILDERS = {
   "ski_pose": _ski_pose.Builder,
   "cmu_mocap": _cmu.Builder,
   "synthetic": _synthetic.Builder,
+  "diffusion_hpc_synthetic": _hpc.Builder,
 }
 
 

@@ -1,0 +1,1 @@
+"""Diffusion-HPC's generated image-mesh pairs (TFDS builder over the generation shards)."""
