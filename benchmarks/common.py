@@ -10,10 +10,33 @@ works for any callable (torch too: torch on CPU is synchronous).
 
 from __future__ import annotations
 
+import os
+import resource
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+
+def load() -> str:
+  """The 1 / 5 / 15-minute load averages, "1.23 4.56 7.89"."""
+  return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def free_gb() -> str:
+  """Total and available memory as `free -g` reports them ('unknown' without `free`)."""
+  try:
+    out = subprocess.run(["free", "-g"], capture_output=True, text=True, check=True).stdout
+    mem = out.splitlines()[1].split()
+    return f"total {mem[1]} GB, available {mem[-1]} GB"
+  except (OSError, subprocess.CalledProcessError, IndexError):
+    return "unknown"
+
+
+def peak_rss_gb() -> float:
+  """This process's peak resident memory in GiB (ru_maxrss is KiB on Linux)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def block(out: Any) -> Any:

@@ -54,7 +54,6 @@ import functools
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -63,32 +62,15 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import print_table  # noqa: E402
+from common import free_gb, load, peak_rss_gb, print_table  # noqa: E402
 
 PAPER_TOTAL, PAPER_TRAINABLE = 1_426_300_000, 408_900_000  # paper Table 5 ("DPMesh (Ours)")
 RELEASED_AWL_WEIGHTS = 9  # AutomaticWeightedLoss(9) of the released code (research/dpmesh.md §12)
 CASES = {"fwd1": ("fwd", 1), "fwd8": ("fwd", 8), "train1": ("train", 1), "train8": ("train", 8)}
 
 
-def load() -> str:
-  return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-
-
-def free_gb() -> str:
-  try:
-    out = subprocess.run(["free", "-g"], capture_output=True, text=True, check=True).stdout
-    mem = out.splitlines()[1].split()
-    return f"total {mem[1]} GB, available {mem[-1]} GB"
-  except (OSError, subprocess.CalledProcessError, IndexError):
-    return "unknown"
-
-
 def machine(tag: str) -> None:
   print(f"# {tag}: load average {load()} on {os.cpu_count()} cores; memory {free_gb()}", flush=True)
-
-
-def peak_rss_gb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def count(tree) -> int:

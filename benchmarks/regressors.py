@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -42,7 +40,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import block, print_table  # noqa: E402
+from common import block, free_gb, load, peak_rss_gb, print_table  # noqa: E402
 
 from jhmr.models import vitpose as vp  # noqa: E402
 from jhmr.models.hmr2 import HMR2, HMR2_FULL, hmr2_input  # noqa: E402
@@ -67,23 +65,6 @@ VITPOSE_CONFIGS = {"vitpose_h": vp.VITPOSE_H, "vitpose_b": vp.VITPOSE_B}
 
 def count(tree) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
-def peak_rss_gb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
-
-
-def free_gb() -> str:
-  try:
-    out = subprocess.run(["free", "-g"], capture_output=True, text=True, check=True).stdout
-    mem = out.splitlines()[1].split()
-    return f"total {mem[1]} GB, available {mem[-1]} GB"
-  except (OSError, subprocess.CalledProcessError, IndexError):
-    return "unknown"
-
-
-def load() -> str:
-  return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 # ----------------------------------------------------------------------------------------------
