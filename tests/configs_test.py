@@ -37,8 +37,8 @@ def test_tiny_variant_runs_end_to_end(path, tmp_path):
 
   if path.stem == "scorehmr_paper":
     pytest.skip("run by tests/pipelines/scorehmr_paper_test.py on its dummy released files")
-  if path.stem == "dpmesh":  # minutes of compilation: a slow test there, the notebook test here
-    pytest.skip("run by tests/pipelines/dpmesh_test.py (slow) and tests/notebooks_test.py")
+  if path.stem in ("dpmesh", "diffusion_hpc"):  # minutes of compilation: slow tests run them
+    pytest.skip(f"run by tests/pipelines/{path.stem}_test.py (slow: pytest -m slow)")
   config = _load(path).get_config("tiny")
   config.lock()  # as the launcher's --config flag holds it
   assert config.program in launch.PROGRAMS, f"{path.name}: program {config.program!r} unknown"
