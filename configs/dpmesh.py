@@ -26,20 +26,21 @@ What it runs (jhmr.pipelines.dpmesh, stages codebook -> teacher -> student -> ev
      at 1/4 width + SPIN's iterative head, jhmr.models.hmr) trained on the same crops with the
      same steps x batch as teacher + student; the NKR ablation on noisy keypoints; the codebook
      figures.
-Runtime: NOT YET MEASURED end to end on an idle machine. While this program was written
-  (2026-11-30) the 2-core CPU was shared with about ten other jobs (load average 10-20): there,
-  the codebook stage (reading 7 CMU subjects, 1,000 steps) took about 10 min wall, the tiny
-  variant end to end 39 min wall for 8 min of CPU time (mostly XLA compiling the tiny DPMesh's
-  training step three times and its forward once), and a DPMesh-small training step cost about
-  5 s CPU at batch 16 with a 32² latent (compiling it: 70 s CPU), hence the 16² latent and the
-  step counts below, sized from CPU time for roughly 8-10 min on an idle machine, unverified.
-Target: not yet measured. What the design expects: DPMesh-small below the image-only HMR
-  regressor (it also sees the 2D joints), occluded crops worse than unoccluded for both, NKR
-  ahead of the NKR-off student on noisy keypoints. With the paper's loss weights the task loss
-  (~100) dwarfs λ_NKR x L_NKR (~0.1) and gradients are clipped at norm 10, so at these budgets
-  NKR's effect may stay within noise (the tiny run: identical tables to 0.1 mm). The codebook
-  on 6 CMU subjects at 10 fps (3,392 poses) reached 106 mm held-out reconstruction error with
-  4.3% of its 256 entries used (perplexity 9.2): a collapsing codebook at this budget.
+Runtime: 12 min 27 s, measured once on the 2-core CPU from the working tree at commit 3c2025a
+  (load average 1.2 at the start, 3.6 at the end: a slow test ran beside it for 10 of the 12
+  minutes); peak memory 4.8 GB. Codebook ~1.5 min, teacher 150 steps and the two students 80
+  steps each at ~1-2 s a step (16² latent, batch 16), the HMR baseline 230 steps, evaluation.
+Result of that run (seed 0; PA-MPJPE of the 24 SMPL joints, mm, unoccluded / occluded test
+  crops): HMR regressor 177.2 / 176.9; DPMesh-small teacher 189.3 / 189.1; NKR student 201.4 /
+  201.5; student without NKR 201.2 / 201.3; pose codebook 106 mm held-out reconstruction, 4.3%
+  of its 256 entries used (perplexity 9.2).
+Honest reading: at this budget nothing here has learnt much. Every method is far from the
+  truth (MPJPE 245-285 mm) and the occluders change nothing, which says the models predict close
+  to a mean pose; DPMesh-small does not beat the image-only regressor; NKR makes no difference
+  (its term, ~0.1, is tiny next to the task loss, ~40, with the paper's weights); the codebook
+  collapses onto a few entries (PCT's update has no dead-code restart). The job shows the
+  program end to end (stages, resume, parameter groups, NKR, the tables), not DPMesh's accuracy,
+  which needs SD 1.5 weights and the paper's budget (`:paper`).
 
 Stages (`--config.stage`): all (default), codebook, teacher, student, evaluate. Each stage resumes
 from its workdir (a finished training is restored, not repeated); teacher, student and evaluate
