@@ -266,8 +266,10 @@ def test_builder_registry():
     "cmu_mocap",
     "synthetic",
     "ski_pose",
+    "diffusion_hpc_synthetic",
   }
-  with pytest.raises(ValueError, match="unknown dataset 'nope'; valid: cmu_mocap, emdb"):
+  valid = "valid: cmu_mocap, diffusion_hpc_synthetic, emdb"
+  with pytest.raises(ValueError, match=f"unknown dataset 'nope'; {valid}"):
     builders.make_builder("nope")
   with pytest.raises(ValueError, match="unknown config 'x' of threedpw; valid: frames, video"):
     builders.make_builder("threedpw/x")
