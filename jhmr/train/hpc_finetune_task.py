@@ -11,6 +11,8 @@
   every epoch of the stream is exactly half real, half synthetic and each batch is half of each
   in expectation (a batch of 64 holds 32 +- 4 of each; SPIN's own batches vary the same way).
   Only `config.keypoint_set` is kept of each example's keypoint sets, so both sides batch.
+  Without a synthetic source (None) every item is real: SPIN on the real data alone, the
+  baseline that credits the generated pairs.
 * Losses (SPIN `train/trainer.py` as Diffusion-HPC runs it; each a mean as released):
     keypoints2d  real samples (and synthetic ones with `synthetic_keypoints`): confidence x
                  squared error of the predicted `keypoint_set` (weak-perspective, [-1, 1] crop
@@ -110,7 +112,8 @@ class MixedSource:
   """Random access over real and synthetic `PersonExample`s, alternating (see module docstring).
 
   Item 2k: `real[k % len(real)]` with `synthetic = 0`; item 2k + 1: `synthetic[k % len(synth)]`
-  with `synthetic = 1`; `len` = 2 x the larger set. Only `keypoint_set` of `keypoints_2d` is kept.
+  with `synthetic = 1`; `len` = 2 x the larger set. `synthetic=None`: item k is `real[k]`, `len` =
+  the real count. Only `keypoint_set` of `keypoints_2d` is kept.
   Raises ValueError when a source is empty, lacks the keypoint set, or its examples are shaped
   unlike the other's (image size, number of betas, ...), naming the field.
   """
@@ -118,8 +121,11 @@ class MixedSource:
   def __init__(self, real, synthetic, keypoint_set: str = "openpose25"):
     self.real, self.synthetic, self.keypoint_set = real, synthetic, keypoint_set
     for name, source in (("real", real), ("synthetic", synthetic)):
-      if len(source) == 0:
+      if source is not None and len(source) == 0:
         raise ValueError(f"the {name} source is empty")
+    if synthetic is None:
+      self[0]  # checks the keypoint set
+      return
     a, b = _shapes(self[0]), _shapes(self[1])
     for field in sorted(set(a) | set(b)):
       if a.get(field) != b.get(field):
@@ -128,13 +134,15 @@ class MixedSource:
         )
 
   def __len__(self) -> int:
+    if self.synthetic is None:
+      return len(self.real)
     return 2 * max(len(self.real), len(self.synthetic))
 
   def __getitem__(self, index) -> PersonExample:
     index = int(index)
     if not 0 <= index < len(self):
       raise IndexError(f"index {index} outside [0, {len(self)})")
-    k, is_synthetic = divmod(index, 2)
+    k, is_synthetic = (index, 0) if self.synthetic is None else divmod(index, 2)
     source = self.synthetic if is_synthetic else self.real
     example = source[k % len(source)]
     if self.keypoint_set not in example.keypoints_2d:
@@ -217,7 +225,8 @@ def make_hpc_finetune_task(
   Args:
     real_source, synthetic_source: random-access `PersonExample`s (real photographs with 2D
       labels; generated image-mesh pairs with SMPL labels, has_smpl 1) of one crop size and
-      number of betas, both carrying `config.keypoint_set`.
+      number of betas, both carrying `config.keypoint_set`. `synthetic_source=None` trains on
+      the real examples alone.
     body_model: the SMPL-format body model of the labels.
     config: the section of `default_config()` (None: the defaults).
     initial_variables: the starting weights ({'params', 'batch_stats'}, e.g. a converted SPIN

@@ -94,6 +94,17 @@ def test_mixed_source_alternates_and_streams_half_and_half(sources):
   assert 0 < flags[:5].sum() < 5 or 0 < flags[5:10].sum() < 5  # shuffled, not alternating
 
 
+def test_without_a_synthetic_source_every_item_is_real(sources):
+  real, _ = sources
+  source = MixedSource(real, None)
+  assert len(source) == len(real)
+  for i in range(len(source)):
+    np.testing.assert_array_equal(source[i].image, real[i].image)
+    assert float(source[i].synthetic) == 0
+  with pytest.raises(ValueError, match="keypoint set 'smpl24'"):
+    MixedSource(real, None, keypoint_set="smpl24")
+
+
 def test_mixed_source_rejects_mismatched_sources(body, sources):
   real, synth = sources
   with pytest.raises(ValueError, match="betas"):
