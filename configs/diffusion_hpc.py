@@ -56,6 +56,11 @@ import ml_collections
 from configs import common
 
 VARIANTS = ("tiny", "paper")
+# CMU subject folders (../shared/data/cmu_mocap/index.csv): everyday motion (playground,
+# walking, running, sports, household) and the hard domain, dance and martial arts (ballet 05,
+# Indian dance 94, karate 135).
+EASY_SUBJECTS = ("01", "02", "03", "06", "07", "08", "09", "10", "11", "12", "13", "14")
+HARD_SUBJECTS = ("05", "94", "135")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -68,9 +73,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
   config.body_model = "anny-tiny"
 
-  # The domain-shift data of the embedded default (jhmr.data.synthesis).
-  config.data = dict(image_size=64, focal_length=5000.0, num_train=4096, num_test=256,
-                     num_guides=64)  # fmt: skip
+  # The domain-shift data of the embedded default (jhmr.data.synthesis): people rendered in
+  # poses of the easy and the hard CMU subjects (guides / hard_test and easy_train / easy_test
+  # from disjoint clips); 'demo_mix' / 'uniform' are the procedural pose domains.
+  config.data = dict(
+    image_size=64, focal_length=5000.0, num_train=4096, num_test=256, num_guides=64,
+    easy_poses="cmu", hard_poses="cmu", cmu_root="../shared/data/cmu_mocap", cmu_fps=30.0,
+    easy_subjects=EASY_SUBJECTS, hard_subjects=HARD_SUBJECTS,
+  )  # fmt: skip
   config.augment = dict(
     keypoint_set=None, scale_factor=0.1, rotation_deg=10.0, rotation_prob=0.3, flip_prob=0.5,
     color=(0.8, 1.2), noise_occluder_prob=0.0,
@@ -114,9 +124,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.finetune.trainer = common.trainer_config(steps=400, batch_size=64, learning_rate=1e-4)
   config.finetune.trainer.optimizer.clip_norm = 0.0  # SPIN: no clipping
   config.finetune.trainer.ema.beta = 0.0  # SPIN: no EMA
+  # The same fine-tuning on the real guides alone (workdir/finetune_guides_only), so the gain of
+  # the generated pairs is measured against the 2D supervision they come with.
+  config.evaluate = dict(guides_only_baseline=True)
 
   if variant == "tiny":
-    config.data.update(image_size=32, num_train=32, num_test=8, num_guides=6)
+    config.data.update(
+      image_size=32, num_train=32, num_test=8, num_guides=6, cmu_fps=10.0, easy_subjects=("07",),
+      hard_subjects=("135",),
+    )  # fmt: skip
     config.regressor.update(width=4, hidden=16)
     config.vposer.hidden = 16
     config.generate.update(image_size=32, shard_size=4, batch_size=4, num_augmentations=2)

@@ -6,22 +6,26 @@ Stages (`config.stage`, dispatched by `jhmr.launch` through `STAGES`):
   finetune  prepares the `diffusion_hpc_synthetic` TFDS dataset from the shards (workdir/tfds)
             and fine-tunes the HMR on real guides + generated pairs
             (`jhmr.train.hpc_finetune_task.make_hpc_finetune_task`, SPIN's recipe);
-  evaluate  MPJPE / PA-MPJPE (`jhmr.eval.metrics`) of the HMR before and after fine-tuning:
+  evaluate  MPJPE / PA-MPJPE (`jhmr.eval.metrics`) of the HMR before and after fine-tuning
+            (and after fine-tuning on the guides alone, `config.evaluate.guides_only_baseline`):
             workdir/results.md, results.json, generated_grid.png;
   all       the three in turn (the default).
 
 Generators (`config.generate.generator`):
   'render'  the embedded default, runs with nothing downloaded. It is a pose domain-shift job:
-            an HMR trained in-process on EASY synthetic people (`jhmr.data.synthesis`, demo_mix
-            poses) meets a HARD domain (the same renderer with `uniform` poses: joint angles
-            uniform inside anatomical limits). A few hard examples are the "real guides" (their
-            images and 2D keypoints only). Generation estimates their bodies with the easy HMR,
-            scores hardness with a VPoser trained briefly in-process on the easy training poses
-            (NOT V02_05: hardness is relative to that prior), augments the poses with VPoser,
-            renders the depth conditioning, and -- in place of Stable Diffusion -- renders the
-            augmented body with jhmr's rasteriser (shaded, random colours and gradient
-            background). The HMR is then fine-tuned with the real guides (2D) and the generated
-            pairs (SMPL labels) and evaluated on held-out hard examples.
+            an HMR trained in-process on people rendered in EASY poses (everyday CMU motion
+            capture: walking, running, sports, household; `config.data.easy_subjects`) meets
+            a HARD domain (dance and martial arts: `config.data.hard_subjects`), rendered the same
+            way (`jhmr.data.synthesis`). A few hard examples are the "real guides" (their images
+            and 2D keypoints only); the hard test people come from other clips. Generation
+            estimates the guides' bodies with the easy HMR, scores hardness with a VPoser
+            trained briefly in-process on the easy training poses (NOT V02_05: hardness is
+            relative to that prior), augments the poses with VPoser, renders the depth
+            conditioning, and -- in place of Stable Diffusion -- renders the augmented body with
+            jhmr's rasteriser (shaded, random colours and gradient background). The HMR is then
+            fine-tuned with the real guides (2D) and the generated pairs (SMPL labels), and, as
+            the baseline that credits the pairs, on the guides alone; all are evaluated on
+            held-out hard and easy people.
   'sd'      the paper's pipeline with the user's files (`config.paths`): SD 1.x and SD 2 depth
             diffusers folders, SPIN's `model_checkpoint.pt` (+ `smpl_mean_params.npz`) and
             optionally VPoser V02_05; guide images from `config.generate.guides` (a .npz, see
@@ -72,7 +76,8 @@ class _Context:
   config: ml_collections.ConfigDict
   workdir: pathlib.Path
   body_model: object = None
-  sets: dict = dataclasses.field(default_factory=dict)
+  sets: dict = dataclasses.field(default_factory=dict)  # name -> PersonExample batch
+  motions: dict = dataclasses.field(default_factory=dict)  # CMU domain -> its Motions (sorted)
 
 
 def _context(config, workdir) -> _Context:
@@ -85,21 +90,67 @@ def _spec(config) -> synthesis.SceneSpec:
   )
 
 
+# The sets of the embedded job: (pose domain, which clips of a CMU domain: "fit" or "held").
+DOMAIN_SETS = {
+  "easy_train": ("easy", "fit"),
+  "easy_test": ("easy", "held"),
+  "guides": ("hard", "fit"),
+  "hard_test": ("hard", "held"),
+}
+POSE_DOMAINS = ("cmu", "demo_mix", "uniform")
+
+
+def domain_poses(ctx: _Context, domain: str) -> tuple[str, str]:
+  """(pose kind, description) of domain 'easy' / 'hard': `config.data.<domain>_poses` is 'cmu'
+  (the CMU subject folders `config.data.<domain>_subjects`; when `cmu_root` is absent the
+  procedural stand-in, demo_mix for easy and uniform for hard, with a warning), or 'demo_mix' /
+  'uniform' (`jhmr.data.synthesis`)."""
+  d = ctx.config.data
+  kind = d[f"{domain}_poses"]
+  if kind not in POSE_DOMAINS:
+    raise InputError(f"data.{domain}_poses must be one of {POSE_DOMAINS}, got {kind!r}")
+  if kind == "cmu":
+    subjects = ", ".join(d[f"{domain}_subjects"])
+    if pathlib.Path(d.cmu_root).is_dir():
+      return "cmu", f"CMU motion capture, subjects {subjects}"
+    kind = "demo_mix" if domain == "easy" else "uniform"
+    logging.warning("data.cmu_root %s is absent: the %s domain uses %s poses", d.cmu_root,
+                    domain, kind)  # fmt: skip
+  text = {"demo_mix": "demo_mix poses (recognisable poses + joint noise)",
+          "uniform": "uniform joint angles inside anatomical limits"}[kind]  # fmt: skip
+  return kind, text
+
+
+def _cmu_source(ctx: _Context, domain: str, part: str) -> synthesis.PoseSource:
+  """The `part` clips of a CMU domain: its clips in sorted order, odd positions 'held' (test /
+  held-out), even positions 'fit' (training / guides); no clip is on both sides."""
+  from jhmr.data import mocap  # noqa: PLC0415 (reads BVH files: only for the cmu domains)
+
+  d = ctx.config.data
+  if domain not in ctx.motions:
+    subjects = list(d[f"{domain}_subjects"])
+    ctx.motions[domain] = list(
+      mocap.load_cmu(d.cmu_root, subjects, ctx.body_model, fps=d.cmu_fps).values()
+    )
+  clips = ctx.motions[domain]
+  chosen = clips[1::2] if part == "held" else clips[0::2]
+  if not chosen:
+    raise InputError(f"data.{domain}_subjects have {len(clips)} clip(s): need 2 to hold one out")
+  return synthesis.PoseSource.from_motions(chosen)
+
+
 def domain_set(ctx: _Context, name: str) -> PersonExample:
   """The domain-shift sets (numpy `PersonExample` batches, deterministic from config.seed):
-  easy_train / easy_test (demo_mix poses), guides / hard_test (uniform poses)."""
+  easy_train / easy_test from the easy domain, guides / hard_test from the hard one
+  (`domain_poses`; for CMU domains disjoint clips, `_cmu_source`)."""
   if name not in ctx.sets:
     d = ctx.config.data
-    kind, n = {
-      "easy_train": ("demo_mix", d.num_train),
-      "easy_test": ("demo_mix", d.num_test),
-      "guides": ("uniform", d.num_guides),
-      "hard_test": ("uniform", d.num_test),
-    }[name]
+    domain, part = DOMAIN_SETS[name]
+    n = {"easy_train": d.num_train, "guides": d.num_guides}.get(name, d.num_test)
+    kind, _ = domain_poses(ctx, domain)
+    source = _cmu_source(ctx, domain, part) if kind == "cmu" else synthesis.PoseSource(kind)
     keys = KeySeq(ctx.config.seed).child("data").child(name)
-    batch = synthesis.single_view_set(
-      keys, n, ctx.body_model, synthesis.PoseSource(kind), _spec(ctx.config)
-    )
+    batch = synthesis.single_view_set(keys, n, ctx.body_model, source, _spec(ctx.config))
     # a per-example `synthetic` flag (0: these stand for real photographs), so rows index
     ctx.sets[name] = batch.replace(synthetic=np.zeros(n, np.float32))
   return ctx.sets[name]
@@ -330,40 +381,57 @@ def synthetic_source(workdir, crop_size: int, num_betas=None, beam_runner=None):
   return builder, MappedSource(rows, fn)
 
 
-def finetune(config, workdir):
-  """Stage `finetune`: returns (hmr, fine-tuned variables). The starting HMR is the easy-trained
-  one (embedded job) or SPIN's checkpoint (generator 'sd'); the real data are the guides."""
+def _start_hmr(ctx: _Context):
+  """(hmr, variables) that fine-tuning starts from: the easy-trained HMR (generator 'render') or
+  SPIN's checkpoint (generator 'sd')."""
+  if _embedded(ctx.config) or ctx.config.generate.generator == "render":
+    return baseline_hmr(ctx)
+  estimator = sd_components(ctx.config, estimator_only=True)
+  return estimator.model, estimator.variables
+
+
+def _real_source(ctx: _Context) -> BatchSource:
+  """The real data of fine-tuning: the embedded job's hard guides (2D only), else the user's."""
+  if _embedded(ctx.config):
+    return BatchSource(real_guides(domain_set(ctx, "guides")))
+  guides = ctx.config.generate.guides
+  if not guides:
+    raise InputError("fine-tuning needs real guides with 2D keypoints (config.generate.guides)")
+  size, num_betas = ctx.config.data.image_size, ctx.body_model.num_betas
+  return BatchSource(user_real_guides(guides, size, num_betas))
+
+
+def finetune(config, workdir, *, guides_only: bool = False):
+  """Stage `finetune`: returns (hmr, fine-tuned variables), trained in workdir/finetune.
+
+  The starting HMR is the easy-trained one (embedded job) or SPIN's checkpoint (generator 'sd');
+  the real data are the guides. `guides_only`: the baseline that credits the generated pairs,
+  the same recipe on the real guides alone (no synthetic half; workdir/finetune_guides_only)."""
   from jhmr.train.hpc_finetune_task import make_hpc_finetune_task  # noqa: PLC0415
 
   ctx = config if isinstance(config, _Context) else _context(config, workdir)
   config = ctx.config
-  shards.list_shards(ctx.workdir / GENERATED)  # complete set, else an error naming the gaps
-  if jax.process_index() == 0:  # one process prepares the dataset, the others then read it
-    synthetic_source(ctx.workdir, config.data.image_size, ctx.body_model.num_betas)
-  _barrier("diffusion_hpc/dataset")
-  if _embedded(config) or config.generate.generator == "render":
-    hmr, variables = baseline_hmr(ctx)
-  else:
-    estimator = sd_components(config, estimator_only=True)
-    hmr, variables = estimator.model, estimator.variables
-  _, synthetic = synthetic_source(ctx.workdir, config.data.image_size, ctx.body_model.num_betas)
-  if len(synthetic) == 0:
-    raise InputError(
-      "the generated dataset is empty (every guide was skipped): nothing to train on"
-    )
-  if _embedded(config):
-    real = BatchSource(real_guides(domain_set(ctx, "guides")))
-  else:
-    guides = config.generate.guides
-    if not guides:
-      raise InputError("fine-tuning needs real guides with 2D keypoints (config.generate.guides)")
-    real = BatchSource(user_real_guides(guides, config.data.image_size, ctx.body_model.num_betas))
+  synthetic = None
+  if not guides_only:
+    shards.list_shards(ctx.workdir / GENERATED)  # complete set, else an error naming the gaps
+    if jax.process_index() == 0:  # one process prepares the dataset, the others then read it
+      synthetic_source(ctx.workdir, config.data.image_size, ctx.body_model.num_betas)
+    _barrier("diffusion_hpc/dataset")
+    size, num_betas = config.data.image_size, ctx.body_model.num_betas
+    _, synthetic = synthetic_source(ctx.workdir, size, num_betas)
+    if len(synthetic) == 0:
+      raise InputError(
+        "the generated dataset is empty (every guide was skipped): nothing to train on"
+      )
+  hmr, variables = _start_hmr(ctx)
   section = ml_collections.ConfigDict(config.finetune.to_dict())
   del section["trainer"]
   task = make_hpc_finetune_task(
-    hmr, real, synthetic, ctx.body_model, config=section, initial_variables=variables
-  )
-  state = trainer.train(_trainer_config(config, config.finetune), ctx.workdir / "finetune", task)
+    hmr, _real_source(ctx), synthetic, ctx.body_model, config=section,
+    initial_variables=variables,
+  )  # fmt: skip
+  folder = ctx.workdir / ("finetune_guides_only" if guides_only else "finetune")
+  state = trainer.train(_trainer_config(config, config.finetune), folder, task)
   return hmr, {"params": state.ema_params, **state.model_state}
 
 
@@ -411,19 +479,25 @@ def evaluate(config, workdir):
       pathlib.Path(tmp).write_text(f"# Diffusion-HPC\n\n{note}\n\nGeneration: {stats}\n")
     return {"results": results, "generation": stats}
   hmr, before = baseline_hmr(ctx)
-  _, after = finetune(ctx, ctx.workdir)
+  models = {"before": before, "after": finetune(ctx, ctx.workdir)[1]}
+  if config.evaluate.guides_only_baseline:
+    models["guides_only"] = finetune(ctx, ctx.workdir, guides_only=True)[1]
   for name in ("hard_test", "easy_test"):
     batch = domain_set(ctx, name)
-    for label, variables in (("before", before), ("after", after)):
+    for label, variables in models.items():
       errors = joint_errors(hmr, variables, batch, ctx.body_model)
       results[f"{name}/{label}"] = {k: float(v.mean()) for k, v in errors.items()}
   stats = _generation_stats(ctx.workdir / GENERATED)
   _grid(stats.pop("grid"), ctx.workdir / "generated_grid.png")
-  summary = {"results": results, "generation": stats, "generator": config.generate.generator}
+  domains = {domain: domain_poses(ctx, domain)[1] for domain in ("easy", "hard")}
+  summary = {
+    "results": results, "generation": stats, "generator": config.generate.generator,
+    "domains": domains,
+  }  # fmt: skip
   with atomic_path(ctx.workdir / "results.json") as tmp:
     pathlib.Path(tmp).write_text(json.dumps(summary, indent=1))
   with atomic_path(ctx.workdir / "results.md") as tmp:
-    pathlib.Path(tmp).write_text(_report(config, results, stats))
+    pathlib.Path(tmp).write_text(_report(config, results, stats, domains))
   return summary
 
 
@@ -449,10 +523,20 @@ def _generation_stats(directory) -> dict:
   }
 
 
-def _report(config, results, stats) -> str:
+MODEL_LABELS = {
+  "before": "easy-trained",
+  "after": "+ Diffusion-HPC fine-tuning (guides + generated pairs)",
+  "guides_only": "+ fine-tuning on the real guides alone",
+}
+
+
+def _report(config, results, stats, domains) -> str:
   g = config.generate
   lines = [
     "# Diffusion-HPC: HMR fine-tuning with generated image-mesh pairs",
+    "",
+    f"Easy domain (HMR training, easy_test): {domains['easy']}. Hard domain (the "
+    f"{config.data.num_guides} guides and hard_test, disjoint clips): {domains['hard']}.",
     "",
     f"Generator: **{g.generator}**. "
     + (gen.RENDER_DESCRIPTION if g.generator == "render" else gen.SD_DESCRIPTION)
@@ -468,16 +552,24 @@ def _report(config, results, stats) -> str:
   ]
   for key, v in results.items():
     name, label = key.split("/")
-    model = "easy-trained" if label == "before" else "+ Diffusion-HPC fine-tuning"
-    lines.append(f"| {name} | {model} | {v['mpjpe']:.1f} | {v['pa_mpjpe']:.1f} |")
+    lines.append(f"| {name} | {MODEL_LABELS[label]} | {v['mpjpe']:.1f} | {v['pa_mpjpe']:.1f} |")
   hb, ha = results["hard_test/before"], results["hard_test/after"]
   change = ha["pa_mpjpe"] - hb["pa_mpjpe"]
-  lines += [
-    "",
+  reading = (
     f"Reading (computed, not curated): fine-tuning changed PA-MPJPE on the hard target set by "
     f"{change:+.1f} mm ({'better' if change < 0 else 'not better'}) and MPJPE by "
-    f"{ha['mpjpe'] - hb['mpjpe']:+.1f} mm; one seed, {config.data.num_test} test people, so "
-    "differences of a few mm are within run-to-run noise.",
+    f"{ha['mpjpe'] - hb['mpjpe']:+.1f} mm"
+  )
+  if "hard_test/guides_only" in results:
+    gap = ha["pa_mpjpe"] - results["hard_test/guides_only"]["pa_mpjpe"]
+    reading += (
+      f"; against fine-tuning on the guides alone the generated pairs change it by {gap:+.1f} "
+      f"mm ({'they help' if gap < 0 else 'they do not help'})"
+    )
+  lines += [
+    "",
+    f"{reading}; one seed, {config.data.num_test} test people, so differences of a few mm are "
+    "within run-to-run noise.",
     "",
   ]
   return "\n".join(lines)

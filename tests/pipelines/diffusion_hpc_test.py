@@ -7,6 +7,7 @@ runs end to end (both `slow`).
 
 from __future__ import annotations
 
+import json
 import pathlib
 import sys
 
@@ -343,6 +344,17 @@ def test_tiny_job_end_to_end(tmp_path):
   run_stage(config.program, launch.PROGRAMS[config.program](), config, str(tmp_path))
   text = (tmp_path / "results.md").read_text()
   assert "rasteriser" in text and "hard_test" in text
-  assert (tmp_path / "finetune" / "checkpoints").is_dir()
+  assert "CMU motion capture, subjects 135" in text  # the hard domain of the tiny config
+  assert "guides alone" in text  # the baseline that credits the generated pairs
+  for folder in ("finetune", "finetune_guides_only"):
+    assert (tmp_path / folder / "checkpoints").is_dir()
+  results = json.loads((tmp_path / "results.json").read_text())["results"]
+  assert set(results) == {
+    f"{name}/{model}" for name in ("hard_test", "easy_test")
+    for model in ("before", "after", "guides_only")
+  }  # fmt: skip
+  # The fine-tuned models differ from each other and from the start.
+  hard = [results[f"hard_test/{m}"]["pa_mpjpe"] for m in ("before", "after", "guides_only")]
+  assert len(set(hard)) == 3, hard
   _, source = hpc.synthetic_source(tmp_path, config.data.image_size)
   assert len(source) == config.data.num_guides * config.generate.num_augmentations
