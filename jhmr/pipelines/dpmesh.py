@@ -208,13 +208,6 @@ def _check_user_files(config) -> None:
     raise InputError(f"dpmesh ({config.model}): missing " + "; ".join(missing))
 
 
-def _rows_everywhere(batch: PersonExample) -> PersonExample:
-  """A batch whose every leaf has the leading [N] axis: a field the generator leaves at its
-  scalar default (e.g. `PersonExample.synthetic`) is broadcast to one value per row."""
-  n = len(batch.image)
-  return jax.tree.map(lambda x: np.broadcast_to(x, (n,)).copy() if np.ndim(x) == 0 else x, batch)
-
-
 def build_sets(config, body_model, keys: KeySeq) -> DPMeshSets:
   d = config.data
   if d.source in REAL_SOURCES:
@@ -228,12 +221,8 @@ def build_sets(config, body_model, keys: KeySeq) -> DPMeshSets:
     raise ValueError(f"unknown data.source {d.source!r}; valid: synthetic, threedpw, h36m")
   spec = synthesis.SceneSpec(crop_size=d.image_size, focal_length=d.focal_length)
   poses = synthesis.PoseSource("demo_mix")
-  train = _rows_everywhere(
-    synthesis.single_view_set(keys.child("train"), d.num_train, body_model, poses, spec)
-  )
-  test = _rows_everywhere(
-    synthesis.single_view_set(keys.child("test"), d.num_test, body_model, poses, spec)
-  )
+  train = synthesis.single_view_set(keys.child("train"), d.num_train, body_model, poses, spec)
+  test = synthesis.single_view_set(keys.child("test"), d.num_test, body_model, poses, spec)
   bank = train.image[: config.augment.occluder_bank]
   return DPMeshSets(train=BatchSource(train), test=BatchSource(test), bank=bank)
 
