@@ -45,8 +45,15 @@ Variants (`--config configs/diffusion_hpc.py:<variant>`):
          "deformed, bad anatomy", 3 examples per guide with the released augmentation ('released': z
          * (1.5 + 0.3 N), orientation + N(0, 10°), betas * (1 + 0.1 N)), no hardness filter and no
          occlusion masks (generate_dataset.py, the driver behind the paper's fine-tuning numbers),
-         SPIN fine-tuning with batch 64, Adam 1e-4. The paper's SMART / Ski-Pose
-         evaluation is not wired into this program (see jhmr.eval.hpc_protocol).
+         SPIN fine-tuning with batch 64, Adam 1e-4. Evaluation (stage evaluate) of SPIN before
+         and after fine-tuning on the paper's benchmarks when named: --config.evaluate.smart.
+         manual_dir=SMART v1.0 folder (annotations/, images/; PCK@22.4 px per action of
+         evaluate.smart.actions on the test videos) and --config.evaluate.ski_pose.manual_dir=
+         Ski-Pose PTZ folder (train/, test/ with labels.h5; 16-joint MPJPE / PA-MPJPE), prepared
+         as TFDS datasets in evaluate.*.data_dir (default workdir/tfds_eval); results.md puts
+         the released checkpoints' numbers next to them as reference rows
+         (jhmr.pipelines.diffusion_hpc_eval). Paper-comparable numbers need the official SMPL
+         with J_regressor_h36m as its h36m17 keypoint set.
 """
 
 from __future__ import annotations
@@ -127,6 +134,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The same fine-tuning on the real guides alone (workdir/finetune_guides_only), so the gain of
   # the generated pairs is measured against the 2D supervision they come with.
   config.evaluate = dict(guides_only_baseline=True)
+  # The paper's benchmarks, for the user's data (not the embedded job): '' = skipped. manual_dir:
+  # the raw files (jhmr/data/smart, jhmr/data/ski_pose docstrings); data_dir: where the TFDS
+  # builders are (or get) prepared ('' = workdir/tfds_eval). SMART: PCK@22.4 px per action on the
+  # test videos; Ski-Pose: 16-joint MPJPE / PA-MPJPE on the test split.
+  config.evaluate.smart = dict(
+    manual_dir="", data_dir="",
+    actions=("polevault", "highjump", "balancebeam", "vault", "unevenbars", "diving"),
+  )  # fmt: skip
+  config.evaluate.ski_pose = dict(manual_dir="", data_dir="")
+  config.evaluate.batch_size = 64
 
   if variant == "tiny":
     config.data.update(
