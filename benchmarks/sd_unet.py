@@ -3,12 +3,14 @@
   .venv/bin/python benchmarks/sd_unet.py                       # CPU, float32, vs diffusers
   .venv/bin/python benchmarks/sd_unet.py --dtype bfloat16      # GPU (bf16; diffusers if present)
   options: --cases 32x1,32x8,64x1 (latent size x batch) --repeats 3 --tokens 77 --no-reference
-           --attention auto|xla|chunked|cudnn --peak-tflops 989
+           --attention auto|xla|chunked|cudnn --peak-tflops 989 --interleave
 
 Full-size SD 1.5 U-Net (859.5M parameters) with random weights, one denoiser call per
 iteration (t = 1, as DPMesh; 77 context tokens of width 768). DPMesh's size is a 32x32 latent
 (256x256 crops); SD's own is 64x64 (512x512). Each (framework, case) runs in a fresh subprocess,
-so the peak RSS column is that framework's alone (weights + activations + runtime). jhmr's
+so the peak RSS column is that framework's alone (weights + activations + runtime); with
+`--interleave` (CPU) both run in one process and their calls alternate, so a load that drifts
+during the run hits both alike (the fair comparison on a shared machine). jhmr's
 compile time is reported separately and not in the per-call time. FLOPs come from XLA's cost
 analysis of the same forward (attention lowered unchunked so the count is exact); model-FLOPs
 utilisation (MFU) = images/s x FLOPs/image / the device's peak (H100/H200 bf16 dense:
@@ -25,7 +27,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, time_call  # noqa: E402
+from common import print_table, time_call, time_interleaved  # noqa: E402
 
 PEAK_TFLOPS = {"H100": {"bfloat16": 989.0, "float32": 67.0}, "H200": {"bfloat16": 989.0}}
 
@@ -55,7 +57,8 @@ def _random_params(shapes, dtype, seed=0):
   return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
-def worker_jhmr(args) -> dict:
+def build_jhmr(args):
+  """(compiled forward, its arguments, info: flops, compile_s, device) for one case."""
   import time
 
   import jax
@@ -82,22 +85,32 @@ def worker_jhmr(args) -> dict:
   start = time.perf_counter()
   compiled = apply.lower(params, x, t, ctx).compile()
   compile_s = time.perf_counter() - start
-  seconds = time_call(compiled, params, x, t, ctx, repeats=args.repeats, warmup=1)
-  out = compiled(params, x, t, ctx)
   device = jax.devices()[0]
-  stats = device.memory_stats() or {}
+  info = dict(
+    compile_s=compile_s, flops=float(flops), device=f"{device.platform}:{device.device_kind}"
+  )
+  return compiled, (params, x, t, ctx), info
+
+
+def worker_jhmr(args) -> dict:
+  import jax
+  import jax.numpy as jnp
+
+  compiled, inputs, info = build_jhmr(args)
+  seconds = time_call(compiled, *inputs, repeats=args.repeats, warmup=1)
+  out = compiled(*inputs)
+  stats = jax.devices()[0].memory_stats() or {}
   return dict(
+    info,
     seconds=seconds,
-    compile_s=compile_s,
-    flops=float(flops),
     peak_rss_gb=_peak_rss_gb(),
     device_peak_gb=stats.get("peak_bytes_in_use", 0) / 1e9,
-    device=f"{device.platform}:{device.device_kind}",
     finite=bool(jnp.isfinite(out.astype(jnp.float32)).all()),
   )
 
 
-def worker_diffusers(args) -> dict:
+def build_diffusers(args):
+  """(forward call, device) of diffusers' U-Net for one case."""
   import numpy as np
   import torch
   from diffusers import UNet2DConditionModel
@@ -121,6 +134,13 @@ def worker_diffusers(args) -> dict:
       torch.cuda.synchronize()
     return out
 
+  return call, device
+
+
+def worker_diffusers(args) -> dict:
+  import torch
+
+  call, device = build_diffusers(args)
   seconds = time_call(call, repeats=args.repeats, warmup=1)
   return dict(
     seconds=seconds,
@@ -162,6 +182,25 @@ def _run_worker(framework: str, case: tuple[int, int], args, device="cpu") -> di
   return json.loads(lines[-1])
 
 
+def interleaved(case: tuple[int, int], args) -> tuple[dict, dict]:
+  """Both frameworks in this process, their calls timed in alternation (`time_interleaved`):
+  on a shared machine both see the same load. RSS is the process's, not per framework."""
+  size, batch = case
+  worker_args = argparse.Namespace(
+    **{**vars(args), "size": size, "batch": batch, "reference_device": "cpu"}
+  )
+  ours_fn, ours_inputs, info = build_jhmr(worker_args)
+  ref_fn, device = build_diffusers(worker_args)
+  if device != "cpu":
+    raise SystemExit("--interleave compares CPU runs; drop it on a GPU machine")
+  ours_s, ref_s = time_interleaved(
+    [(ours_fn, ours_inputs), (ref_fn, ())], repeats=args.repeats, warmup=1
+  )
+  rss = _peak_rss_gb()
+  ours = dict(info, seconds=ours_s, peak_rss_gb=rss, device_peak_gb=0.0)
+  return ours, dict(seconds=ref_s, peak_rss_gb=rss)
+
+
 def _peak_for(device: str, dtype: str, override: float | None) -> float | None:
   if override:
     return override
@@ -180,6 +219,11 @@ def main() -> None:
   parser.add_argument("--attention", default="auto", choices=["auto", "xla", "chunked", "cudnn"])
   parser.add_argument("--no-reference", action="store_true", help="skip diffusers")
   parser.add_argument("--peak-tflops", type=float, default=None)
+  parser.add_argument(
+    "--interleave",
+    action="store_true",
+    help="CPU: both frameworks in one process, calls alternating (fair under a drifting load)",
+  )
   parser.add_argument("--worker", choices=["jhmr", "diffusers"], help=argparse.SUPPRESS)
   parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
   parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -194,17 +238,21 @@ def main() -> None:
   cases = [tuple(int(v) for v in c.split("x")) for c in args.cases.split(",")]
   print(
     f"SD 1.5 U-Net forward, {args.dtype}, attention={args.attention}, {args.tokens} tokens, "
-    f"median of {args.repeats}",
+    f"median of {args.repeats}"
+    + (", interleaved in one process (RSS: the process's)" if args.interleave else ""),
     flush=True,
   )
   rows = []
   for case in cases:
     size, batch = case
-    ours = _run_worker("jhmr", case, args)
-    if ours is None:
-      continue
-    platform = "gpu" if ours["device"].startswith(("gpu", "cuda")) else "cpu"
-    ref = None if args.no_reference else _run_worker("diffusers", case, args, platform)
+    if args.interleave:
+      ours, ref = interleaved(case, args)
+    else:
+      ours = _run_worker("jhmr", case, args)
+      if ours is None:
+        continue
+      platform = "gpu" if ours["device"].startswith(("gpu", "cuda")) else "cpu"
+      ref = None if args.no_reference else _run_worker("diffusers", case, args, platform)
     per_image = ours["flops"] / batch
     images_s = batch / ours["seconds"]
     peak = _peak_for(ours["device"], args.dtype, args.peak_tflops)
