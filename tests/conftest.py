@@ -9,6 +9,7 @@ missing one stops the run before collection, and a skip for a failed import of o
 a failure (a collection error at module level): the equivalence tests are the proof of the ports.
 """
 
+import gc
 import importlib.util
 import os
 import pathlib
@@ -92,3 +93,20 @@ def shared_data_dir() -> pathlib.Path:
   if not path.is_dir():
     pytest.skip(f"shared data not found at {path}")
   return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Drops JAX's compiled programs after each test module.
+
+  Every XLA CPU executable holds a few memory mappings (its JIT-compiled code) until it is freed,
+  and JAX's caches keep every executable of the process alive. The whole suite compiles tens of
+  thousands of them (op-by-op dispatch compiles one per primitive and shape), which reached
+  Linux's default limit of 65,530 mappings per process (`vm.max_map_count`) near the end of the
+  run: the next compilation then crashed with a segmentation fault inside XLA.
+  """
+  yield
+  import jax  # noqa: PLC0415
+
+  jax.clear_caches()
+  gc.collect()
