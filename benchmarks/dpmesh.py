@@ -40,8 +40,8 @@
    device under each placement from the shapes alone (no compile). On the 2-core CPU under load
    the full-size 8-device compile can exceed `--shard-timeout`: use `--shard-size half|tiny`.
 
-`--remat` asks the U-Net for rematerialised blocks through a `remat` field of `UNetConfig`; the
-U-Net has none today, so the script says so and stops.
+`--remat` builds `DPMesh(..., remat=True)`: the U-Net and ControlNet blocks under `nn.remat`
+(activations recomputed in the backward pass), as `config.remat` does in `configs/dpmesh.py`.
 
 The machine's load average and free memory are printed before and after each part.
 """
@@ -112,22 +112,6 @@ def model_config(size: str):
   default = DPMeshConfig()
   regressor = dataclasses.replace(default.regressor, in_channels=fusion)
   return DPMeshConfig(backbone=backbone, regressor=regressor)
-
-
-def with_remat(config):
-  """`config` with remat on the U-Net blocks, if `jhmr.models.unet` offers it; else exits."""
-  from jhmr.models.unet import UNet, UNetConfig
-
-  fields = {f.name for f in dataclasses.fields(UNetConfig)}
-  if "remat" in fields:
-    unet = dataclasses.replace(config.backbone.unet, remat=True)
-    return dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, unet=unet))
-  if "remat" in {f.name for f in dataclasses.fields(UNet)}:
-    raise SystemExit("--remat: UNet has a `remat` field but DPMeshBackbone does not pass it")
-  raise SystemExit(
-    "--remat: jhmr.models.unet has no remat option (neither UNetConfig nor UNet has a `remat` "
-    "field), so U-Net blocks cannot be rematerialised without editing unet.py"
-  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,9 +329,7 @@ def worker_time(args) -> dict:
 
   kind, batch = CASES[args.case]
   config = model_config(args.size)
-  if args.remat:
-    config = with_remat(config)
-  model = DPMesh(config, dtype=jnp.dtype(args.dtype), param_dtype=jnp.float32)
+  model = DPMesh(config, dtype=jnp.dtype(args.dtype), param_dtype=jnp.float32, remat=args.remat)
   if args.compile_only:  # shapes only: nothing is allocated, nothing runs
     params = _variable_shapes(model)["params"]
   else:
@@ -686,8 +668,6 @@ def main() -> None:
     result = worker_time(args) if args.worker == "time" else worker_shard(args)
     print(json.dumps(result), flush=True)
     return
-  if args.remat:
-    with_remat(model_config("tiny"))  # fails early, with the reason, when unsupported
   start = time.perf_counter()
   parts = args.parts.split(",")
   if "counts" in parts:

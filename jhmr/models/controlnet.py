@@ -145,6 +145,7 @@ class ControlNet(nn.Module):
   attention_implementation: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: bool = False  # the down and middle blocks under nn.remat (`unet.block_classes`)
 
   def condition_shape(self, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
     """The condition shape for latents of `height x width`."""

@@ -238,6 +238,7 @@ class DPMesh(nn.Module):
   attention_implementation: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: bool = False  # the backbone's U-Net and ControlNet blocks under nn.remat
 
   def dummy_inputs(self, batch: int = 1):
     s = self.config.image_size
@@ -253,6 +254,7 @@ class DPMesh(nn.Module):
     feats = DPMeshBackbone(
       cfg.backbone,
       self.attention_implementation,
+      remat=self.remat,
       name="backbone",
       dtype=self.dtype,
       param_dtype=self.param_dtype,

@@ -312,6 +312,7 @@ class DPMeshBackbone(nn.Module):
   attention_implementation: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: bool = False  # U-Net and ControlNet blocks under nn.remat (`unet.block_classes`)
 
   def dummy_inputs(self, batch: int = 1):
     cfg = self.config
@@ -323,7 +324,7 @@ class DPMeshBackbone(nn.Module):
   def _parts(self):
     cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     vae = AutoencoderKL(cfg.vae, parent=None, **kw)
-    unet = UNet(cfg.unet, self.attention_implementation, parent=None, **kw)
+    unet = UNet(cfg.unet, self.attention_implementation, parent=None, remat=self.remat, **kw)
     return vae, unet
 
   @nn.compact
@@ -376,6 +377,7 @@ class DPMeshBackbone(nn.Module):
     down, mid = ControlNet(
       cfg.controlnet,
       self.attention_implementation,
+      remat=self.remat,
       name="controlnet",
       dtype=self.dtype,
       param_dtype=self.param_dtype,

@@ -208,6 +208,20 @@ class MidBlock(nn.Module):
     return h, probs
 
 
+def block_classes(remat: bool) -> tuple[type, type, type]:
+  """`(DownBlock, MidBlock, UpBlock)`, each under `nn.remat` when `remat`: its activations are
+  recomputed in the backward pass instead of stored (less memory for training, about one more
+  forward of compute). Parameter names and values are the same either way."""
+  if not remat:
+    return DownBlock, MidBlock, UpBlock
+  # static_argnums count `self` as 0: `return_probs` is a Python bool (it changes the outputs).
+  return (
+    nn.remat(DownBlock, static_argnums=(4,)),
+    nn.remat(MidBlock, static_argnums=(4,)),
+    nn.remat(UpBlock, static_argnums=(5,)),
+  )
+
+
 def _attend(block: nn.Module, name: str, h, context, return_probs: bool, probs: dict):
   """Runs a `Transformer2DModel` child of `block` named `name`; records its maps in `probs`."""
   transformer = Transformer2DModel(
@@ -250,7 +264,8 @@ def encode(
   return_probs: bool = False,
 ):
   """The part a ControlNet copies: `conv_in`, time embedding, down blocks and middle block,
-  created as children of `module` (call from inside its `@nn.compact __call__`).
+  created as children of `module` (call from inside its `@nn.compact __call__`), under
+  `nn.remat` when `module.remat` is set (`block_classes`).
 
   Args:
     sample: `[B, H, W, C]` NHWC input (already checked).
@@ -263,6 +278,7 @@ def encode(
     probs {path: [B, heads, h*w, S]})`.
   """
   kw = _kw(module)
+  down_block, mid_block, _ = block_classes(module.remat)
   sample = sample.astype(module.dtype)
   context = context.astype(module.dtype)
   c0 = cfg.block_out_channels[0]
@@ -275,7 +291,7 @@ def encode(
   skips, probs = [h], {}
   n = len(cfg.block_out_channels)
   for i, block_type in enumerate(cfg.down_block_types):
-    h, block_skips, block_probs = DownBlock(
+    h, block_skips, block_probs = down_block(
       cfg.block_out_channels[i],
       cfg.layers_per_block,
       has_attention=block_type.startswith("CrossAttn"),
@@ -285,7 +301,7 @@ def encode(
     )(h, temb, context, return_probs)
     skips += block_skips
     probs.update({f"down_blocks_{i}/{k}": v for k, v in block_probs.items()})
-  h, mid_probs = MidBlock(name="mid_block", **_block_kwargs(module, cfg, n - 1))(
+  h, mid_probs = mid_block(name="mid_block", **_block_kwargs(module, cfg, n - 1))(
     h, temb, context, return_probs
   )
   probs.update({f"mid_block/{k}": v for k, v in mid_probs.items()})
@@ -317,12 +333,14 @@ class UNet(nn.Module):
     attention_implementation: see `jhmr.models.sd_layers.attention` ('auto', 'xla', 'chunked',
       'cudnn').
     dtype: compute dtype (e.g. `jnp.bfloat16`); param_dtype: storage dtype of the parameters.
+    remat: rematerialise the down, middle and up blocks in the backward pass (`block_classes`).
   """
 
   config: UNetConfig = SD15_UNET
   attention_implementation: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: bool = False
 
   def dummy_inputs(self, batch: int = 1, size: int | None = None, tokens: int = 4):
     """Zeros `(sample, timesteps, context)` of the smallest valid size (for init / eval_shape)."""
@@ -373,9 +391,10 @@ class UNet(nn.Module):
     rev_heads = cfg.num_attention_heads[::-1]
     rev_depth = cfg.transformer_layers_per_block[::-1]
     layers = cfg.layers_per_block + 1
+    _, _, up_block = block_classes(self.remat)
     for i, block_type in enumerate(cfg.up_block_types):
       block_skips, skips = skips[-layers:], skips[:-layers]
-      h, block_features, block_probs = UpBlock(
+      h, block_features, block_probs = up_block(
         rev_channels[i],
         layers,
         has_attention=block_type.startswith("CrossAttn"),

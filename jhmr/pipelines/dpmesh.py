@@ -434,7 +434,7 @@ class Context:
 def _context(config, workdir) -> Context:
   _check_user_files(config)
   body_model = load_body_model(config.body_model)
-  model = DPMesh(model_config(config))
+  model = DPMesh(model_config(config), remat=config.get("remat", False))
   return Context(config, str(workdir), body_model, KeySeq(config.seed), model)
 
 
