@@ -87,6 +87,24 @@ def _arrays(n: int):
   return out
 
 
+def test_paired_change_reads_the_interval_of_the_per_person_difference():
+  rng = np.random.default_rng(0)
+  reference = rng.uniform(80, 160, 256)
+  noise = rng.normal(0, 5, 256)  # per-person noise: 2 standard errors of the mean ~ 0.6 mm
+  assert hpc.paired_change(reference - 3 + noise, reference).endswith("(better)")
+  assert hpc.paired_change(reference + 3 + noise, reference).endswith("(worse)")
+  assert hpc.paired_change(reference + noise - noise.mean(), reference).endswith(
+    "(no clear change)"
+  )
+  # The pairing matters: a shift of 3 mm is clear against 5 mm noise, not against 50 mm noise.
+  wide = rng.normal(0, 50, 256)
+  assert hpc.paired_change(reference - 3 + wide - wide.mean(), reference).endswith("change)")
+  text = hpc.paired_change(np.array([2.0, 4.0]), np.array([1.0, 1.0]))
+  assert text.startswith("+2.0 +- 2.0 mm")  # mean 2, sd sqrt(2), se 1
+  with pytest.raises(ValueError, match="per-person"):
+    hpc.paired_change(np.ones(1), np.ones(1))
+
+
 def test_shard_round_trip_and_corruption_is_detected(tmp_path):
   path = tmp_path / shards.shard_name(0, 2)
   meta = dict(index=0, num_shards=2, generator="render", skipped={})
