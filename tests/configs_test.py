@@ -29,8 +29,17 @@ def test_config_documents_its_command(path):
     module.get_config("no-such-variant")
 
 
+# Tiny runs that another default test already makes (tests/pipelines/refine_test.py runs
+# configs/refine.py:tiny and checks every output): slow here, to keep the default suite short.
+SLOW_TINY = {"refine"}
+
+
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+  "path",
+  [pytest.param(p, marks=[pytest.mark.slow] if p.stem in SLOW_TINY else []) for p in CONFIGS],
+  ids=lambda p: p.stem,
+)
 def test_tiny_variant_runs_end_to_end(path, tmp_path):
   from jhmr import launch
   from jhmr.pipelines.stages import run_stage
@@ -58,6 +67,7 @@ def test_tiny_variant_runs_end_to_end(path, tmp_path):
     assert (tmp_path / "regressor" / "checkpoints").is_dir()
 
 
+@pytest.mark.slow  # ~1 min; the scorehmr tiny run above covers the program's default path
 def test_cmu_prior_tiny_runs_on_real_motion(tmp_path):
   """The benchmark config: an unconditional prior on CMU poses refining corrupted truth."""
   from jhmr.pipelines import scorehmr
