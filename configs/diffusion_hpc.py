@@ -29,11 +29,11 @@ from 64 guides, none skipped.
 Honest reading: the method's claim is NOT reproduced at this budget. On the hard set neither
 fine-tuning helps the aligned error (+1.5 and +3.3 mm PA-MPJPE); the generated pairs beat the
 guides alone by 1.8 mm PA, and results.md's paired reading calls both changes "no clear change"
-(+1.5 +- 2.6 and -1.8 +- 2.2 mm, two standard errors over the test people). Both forget the easy domain (+15 and +21 mm
-PA), the generated pairs less so. The generated pairs' 3D labels are the easy HMR's own
-estimates of the guides (118.6 mm PA error) and the renderer has no appearance gap to bridge, so
-they add little that the 2D loss does not; with 10 examples per guide the table is the same
-within 1-3 mm (benchmarks/README.md, Diffusion-HPC).
+(+1.5 +- 2.6 and -1.8 +- 2.2 mm, two standard errors over the test people). Both forget the
+easy domain (+15 and +21 mm PA), the generated pairs less so. The generated pairs' 3D labels are
+the easy HMR's own estimates of the guides (118.6 mm PA error) and the renderer has no
+appearance gap to bridge, so they add little that the 2D loss does not; with 10 examples per
+guide the table is the same within 1-3 mm (benchmarks/README.md, Diffusion-HPC).
 
 Stages (`--config.stage`): all (default), generate, finetune, evaluate. Multi-host generation:
 every process runs `generate` (`--jax_distributed`), writing the shards p, p + P, ...; then one

@@ -57,7 +57,7 @@ Variants (`--config configs/dpmesh.py:<variant>`):
             λ3D 2, λSMPL 1, λNKR 0.1), teacher 10 epochs, student 30; the schedule decays
             linearly to 1e-5 (the trainer has no step schedule; the paper holds 1e-4 and drops to
             1e-5 for the last 5 epochs; --config.remat=True trades compute for activation
-            memory); data from the `threedpw` / `h36m` TFDS builders
+            memory on GPU / TPU); data from the `threedpw` / `h36m` TFDS builders
             (--config.data.data_dir, --config.data.manual_dir). Without the files the job stops
             with one error naming what is missing.
   released  evaluation of an official checkpoint (--config.checkpoint=.../3dpw_best_ckpt.pth.tar,
@@ -92,7 +92,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = "small"
   config.checkpoint = ""  # released: the official .pth.tar
   # The U-Net and ControlNet blocks under nn.remat: activations recomputed in the backward pass
-  # (less memory in training for about one more forward; same parameters and results).
+  # (less memory in training for about one more forward; same parameters and results). On GPU /
+  # TPU: XLA's CPU backend does not turn it into a saving (benchmarks/README.md, DPMesh).
   config.remat = False
 
   config.data = dict(
