@@ -20,6 +20,8 @@ say. Fine-tuning (SPIN's recipe, jhmr.train.hpc_finetune_task: real/synthetic 1/
 real, rotation-matrix + betas[1:] + camera terms on synthetic, x60, flip / rotation / colour
 augmentation, Adam 1e-4, 400 steps of batch 64), the same fine-tuning on the guides alone
 (evaluate.guides_only_baseline), and MPJPE / PA-MPJPE on 256 held-out hard and 256 easy people.
+Writes results.md / results.json, errors.png (the table as bars, +- 2 standard errors) and
+generated_grid.png (generated examples) to the workdir.
 Runtime: 6 min 36 s on the 2-core CPU from the working tree at commit 55dd624 (load average 1.8
 at the end), peak memory 2.5 GB.
 Result (seed 0, 256 people per test set; MPJPE / PA-MPJPE in mm): hard set, easy-trained HMR

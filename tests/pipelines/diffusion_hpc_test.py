@@ -105,6 +105,20 @@ def test_paired_change_reads_the_interval_of_the_per_person_difference():
     hpc.paired_change(np.ones(1), np.ones(1))
 
 
+def test_error_plot_is_written(tmp_path):
+  from PIL import Image
+
+  rng = np.random.default_rng(1)
+  per_person = {
+    f"{s}/{m}": {"mpjpe": rng.uniform(100, 200, 16), "pa_mpjpe": rng.uniform(60, 120, 16)}
+    for s in ("hard_test", "easy_test") for m in ("before", "after", "guides_only")
+  }  # fmt: skip
+  hpc.plot_errors(per_person, tmp_path / "errors.png")
+  with Image.open(tmp_path / "errors.png") as image:
+    assert image.size == (1000, 380)
+    assert len(np.unique(np.asarray(image.convert("L")))) > 10  # bars, text: not a blank canvas
+
+
 def test_shard_round_trip_and_corruption_is_detected(tmp_path):
   path = tmp_path / shards.shard_name(0, 2)
   meta = dict(index=0, num_shards=2, generator="render", skipped={})
@@ -364,6 +378,7 @@ def test_tiny_job_end_to_end(tmp_path):
   assert "rasteriser" in text and "hard_test" in text
   assert "CMU motion capture, subjects 135" in text  # the hard domain of the tiny config
   assert "guides alone" in text  # the baseline that credits the generated pairs
+  assert (tmp_path / "errors.png").is_file() and (tmp_path / "generated_grid.png").is_file()
   for folder in ("finetune", "finetune_guides_only"):
     assert (tmp_path / folder / "checkpoints").is_dir()
   results = json.loads((tmp_path / "results.json").read_text())["results"]
