@@ -29,9 +29,11 @@ def test_config_documents_its_command(path):
     module.get_config("no-such-variant")
 
 
-# Tiny runs that another default test already makes (tests/pipelines/refine_test.py runs
-# configs/refine.py:tiny and checks every output): slow here, to keep the default suite short.
-SLOW_TINY = {"refine"}
+# Tiny runs whose program another default test already runs (tests/pipelines/refine_test.py:
+# configs/refine.py:tiny with every output checked; tests/pipelines/real_data_test.py:
+# scorehmr.run end to end at :tiny sizes; tests/pipelines/image_to_mesh_test.py: every stage of
+# image_to_mesh with tiny models): slow here, to keep the default suite near 20 minutes.
+SLOW_TINY = {"refine", "scorehmr", "image_to_mesh"}
 
 
 @pytest.mark.timeout(900)

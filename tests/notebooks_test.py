@@ -28,7 +28,7 @@ EXPECTED = {
 }
 # Notebooks whose tiny run compiles for minutes (DPMesh's tiny model, Diffusion-HPC's five
 # trainings): `pytest -m slow`, with a longer limit per notebook and per cell.
-SLOW = {"diffusion_hpc_demo", "dpmesh_demo", "refine_demo"}  # refine_your_video stays default
+SLOW = {"diffusion_hpc_demo", "dpmesh_demo", "refine_demo", "refine_your_video"}
 LIMITS_S = {"slow": (3600, 3000), "default": (900, 600)}  # (whole notebook, one cell)
 OVERRIDES = {
   "source": "",

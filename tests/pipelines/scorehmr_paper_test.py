@@ -60,6 +60,7 @@ def _config(root):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow  # ~1 min; test_emdb_rows_reuse_the_cached_network_outputs runs the program
 def test_paper_protocol_end_to_end(tmp_path):
   from jhmr.body import load_body_model
 
