@@ -72,6 +72,6 @@ if __name__ == "__main__":
   code = main()
   sys.stdout.flush()
   sys.stderr.flush()
-  # Exit without interpreter finalization: it waits on the server's and XLA's threads, which
-  # hung the exit after Ctrl-C in two full CI runs (the viewer writes nothing to save).
+  # Exit without interpreter finalization, which can wait on the server's and XLA's threads:
+  # the exit after Ctrl-C hung in two full CI runs, cause not pinned down (nothing to save).
   os._exit(code)
