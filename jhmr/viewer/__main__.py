@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 import time
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
   except (FileNotFoundError, ValueError, OSError) as e:  # ResultsFileError is a ValueError
     print(f"error: {e}", file=sys.stderr)
     return 1
+  # A parent may have left SIGINT ignored (children inherit that); Ctrl-C must stop the viewer.
+  signal.signal(signal.SIGINT, signal.default_int_handler)
   print(f"jhmr viewer: {viewer.url} (Ctrl-C to stop)", flush=True)
   try:
     while True:
