@@ -7,10 +7,8 @@ The server binds to 127.0.0.1:8080 by default. On a remote machine, forward the 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
-import threading
 import time
 
 
@@ -58,23 +56,9 @@ def main(argv: list[str] | None = None) -> int:
   except KeyboardInterrupt:
     pass
   finally:
-    # Ctrl-C must always end the viewer: stop it in a helper thread with a time bound, so a server
-    # or render thread that does not wind down cannot hold the terminal.
-    stopper = threading.Thread(target=viewer.stop, daemon=True, name="jhmr-viewer-stop")
-    stopper.start()
-    stopper.join(timeout=STOP_TIMEOUT_S)
-    if stopper.is_alive():
-      print(f"jhmr viewer: not stopped after {STOP_TIMEOUT_S:.0f} s; exiting", file=sys.stderr)
+    viewer.stop()
   return 0
 
 
-STOP_TIMEOUT_S = 15.0
-
-
 if __name__ == "__main__":
-  code = main()
-  sys.stdout.flush()
-  sys.stderr.flush()
-  # Exit without interpreter finalization, which can wait on the server's and XLA's threads:
-  # the exit after Ctrl-C hung in two full CI runs, cause not pinned down (nothing to save).
-  os._exit(code)
+  sys.exit(main())
