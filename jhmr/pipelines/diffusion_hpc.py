@@ -454,6 +454,11 @@ def joint_errors(hmr, variables, batch: PersonExample, body_model) -> dict[str, 
   }
 
 
+def _two_standard_errors(values: np.ndarray) -> float:
+  """Twice the standard error of the mean of `values` [N]."""
+  return 2.0 * float(np.std(values, ddof=1)) / np.sqrt(np.size(values))
+
+
 def plot_errors(per_person: dict, path: pathlib.Path) -> None:
   """Bar chart of MPJPE and PA-MPJPE (mm) per test set and model, with error bars of two
   standard errors over the people. `per_person`: {"set/model": {"mpjpe", "pa_mpjpe": [N]}}."""
@@ -473,7 +478,7 @@ def plot_errors(per_person: dict, path: pathlib.Path) -> None:
         np.arange(len(sets)) + (m - (len(models) - 1) / 2) * width,
         [v.mean() for v in values],
         width,
-        yerr=[2 * v.std(ddof=1) / np.sqrt(v.size) for v in values],
+        yerr=[_two_standard_errors(v) for v in values],
         capsize=3,
         label=MODEL_LABELS.get(model, model),
       )
@@ -519,7 +524,11 @@ def evaluate(config, workdir):
       errors = joint_errors(hmr, variables, batch, ctx.body_model)
       per_person[f"{name}/{label}"] = errors
       results[f"{name}/{label}"] = {k: float(v.mean()) for k, v in errors.items()}
-  hard_pa = {key.split("/")[1]: v["pa_mpjpe"] for key, v in per_person.items() if "hard" in key}
+  hard_pa = {
+    key.split("/")[1]: v["pa_mpjpe"]
+    for key, v in per_person.items()
+    if key.startswith("hard_test/")
+  }
   plot_errors(per_person, ctx.workdir / "errors.png")
   stats = _generation_stats(ctx.workdir / GENERATED)
   _grid(stats.pop("grid"), ctx.workdir / "generated_grid.png")
@@ -609,7 +618,7 @@ def paired_change(errors: np.ndarray, reference: np.ndarray) -> str:
     raise ValueError(
       f"paired_change needs two [N >= 2] arrays of per-person errors, got {diff.shape}"
     )
-  mean, half = diff.mean(), 2.0 * diff.std(ddof=1) / np.sqrt(diff.size)
+  mean, half = diff.mean(), _two_standard_errors(diff)
   verdict = "better" if mean + half < 0 else "worse" if mean - half > 0 else "no clear change"
   return f"{mean:+.1f} +- {half:.1f} mm ({verdict})"
 
