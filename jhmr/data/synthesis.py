@@ -11,8 +11,9 @@ benchmark config. Everything comes from the body model, so nothing is downloaded
   full image *is* the crop: `crop_from_image` is the identity), the body facing the camera with
   a random yaw / pitch, placed by a weak-perspective crop camera (s, tx, ty) converted with
   `weak_perspective_to_translation`;
-* a rendered crop `[S, S, 3]`: the shaded body (random colour and light) on a random two-colour
-  gradient (`jhmr.render`);
+* a rendered crop `[S, S, 3]`: the shaded body (random colour and light) on a random background
+  (`SceneSpec.background`: a two-colour gradient, or limb-wide stripes as scene clutter;
+  `jhmr.render`);
 * 2D keypoints: `openpose25` detections with detector-like noise (`jhmr.data.observations
   .KeypointNoise`, AR(1) along time for video) and exact `smpl24` projections.
 
@@ -38,6 +39,7 @@ from jhmr.keys import KeySeq
 # Body frame (Y up, facing +Z) -> camera frame (Y down, Z forward): the body faces the camera.
 _BODY_TO_CAMERA = np.diag([1.0, -1.0, -1.0]).astype(np.float32)
 POSE_KINDS = ("demo_mix", "uniform", "motion")
+BACKGROUNDS = ("gradient", "stripes")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -54,6 +56,9 @@ class SceneSpec:
     betas_std: std of the drawn shape coefficients.
     joint_std: axis-angle noise (radians) of the `demo_mix` poses.
     noise: the 2D detector's error model.
+    background: 'gradient' (a random two-colour linear gradient) or 'stripes' (two crossed
+      sinusoidal gratings of random orientation, 2-8 cycles per crop, in three random colours:
+      bars about as wide as a limb, a cluttered scene).
   """
 
   crop_size: int = 64
@@ -65,6 +70,13 @@ class SceneSpec:
   betas_std: float = 0.8
   joint_std: float = 0.25
   noise: observations.KeypointNoise = observations.KeypointNoise()
+  background: str = "gradient"
+
+  def __post_init__(self):
+    if self.background not in BACKGROUNDS:
+      raise ValueError(
+        f"SceneSpec.background must be one of {BACKGROUNDS}, got {self.background!r}"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +170,30 @@ def sample_betas(key, n: int, body_model, spec: SceneSpec) -> np.ndarray:
   return np.asarray(spec.betas_std * jax.random.normal(key, (n, body_model.num_betas)))
 
 
-@functools.partial(jax.jit, static_argnames=("size", "focal_length"))
-def _render_chunk(key, body_model, rotmat, betas, cam, size: int, focal_length: float):
+def backgrounds(key, batch: int, size: int, kind: str = "gradient"):
+  """Random backgrounds `[batch, size, size, 3]` in [0, 1] (`SceneSpec.background`)."""
+  if kind == "gradient":
+    c0, c1 = jnp.split(jax.random.uniform(key, (batch, 1, 1, 6)), 2, axis=-1)
+    ramp = c0 + (c1 - c0) * jnp.linspace(0.0, 1.0, size)[None, :, None, None]  # down the rows
+    return jnp.broadcast_to(ramp, (batch, size, size, 3))
+  if kind != "stripes":
+    raise ValueError(f"background must be one of {BACKGROUNDS}, got {kind!r}")
+  k_color, k_angle, k_freq, k_phase = jax.random.split(key, 4)
+  colors = jax.random.uniform(k_color, (batch, 3, 1, 1, 3))
+  angle = jax.random.uniform(k_angle, (batch, 2, 1, 1), maxval=jnp.pi)
+  cycles = jax.random.uniform(k_freq, (batch, 2, 1, 1), minval=2.0, maxval=8.0)
+  phase = jax.random.uniform(k_phase, (batch, 2, 1, 1), maxval=2 * jnp.pi)
+  v, u = jnp.meshgrid(*(jnp.linspace(0.0, 1.0, size),) * 2, indexing="ij")
+  along = u * jnp.cos(angle) + v * jnp.sin(angle)
+  w = (0.5 + 0.5 * jnp.sin(2 * jnp.pi * cycles * along + phase))[..., None]  # [B, 2, S, S, 1]
+  first = colors[:, 0] + (colors[:, 1] - colors[:, 0]) * w[:, 0]
+  return first + (colors[:, 2] - first) * 0.6 * w[:, 1]
+
+
+@functools.partial(jax.jit, static_argnames=("size", "focal_length", "background"))
+def _render_chunk(
+  key, body_model, rotmat, betas, cam, size: int, focal_length: float, background="gradient"
+):
   from jhmr.render import rasterizer, shading  # noqa: PLC0415 (render sits below data)
 
   out = body_model(betas, rotmat[:, 1:], rotmat[:, 0], pose_format="rotmat", joint_set="openpose25")
@@ -173,9 +207,7 @@ def _render_chunk(key, body_model, rotmat, betas, cam, size: int, focal_length: 
   color = jax.random.uniform(k_color, (b, 1, 1, 3), minval=0.4, maxval=0.95)
   light = jnp.concatenate([jax.random.normal(k_light, (b, 2)) * 0.5, -jnp.ones((b, 1))], -1)
   body = shading.shade(frags, jnp.broadcast_to(color, (b, size, size, 3)), light)
-  c0, c1 = jnp.split(jax.random.uniform(k_background, (b, 1, 1, 6)), 2, axis=-1)
-  background = c0 + (c1 - c0) * jnp.linspace(0.0, 1.0, size)[None, :, None, None]
-  image = jnp.where(frags.mask[..., None], body, background)
+  image = jnp.where(frags.mask[..., None], body, backgrounds(k_background, b, size, background))
   return {
     "image": jnp.round(image * 255).astype(jnp.uint8),
     "joints_3d": out.joints + cam_t[:, None],
@@ -192,8 +224,9 @@ def _render(key, body_model, rotmat, betas, cam, spec: SceneSpec, chunk: int = 6
     pad = chunk - len(args[0])
     args = [np.concatenate([x, np.repeat(x[-1:], pad, 0)]) if pad else x for x in args]
     part = _render_chunk(
-      jax.random.fold_in(key, i), body_model, *args, spec.crop_size, spec.focal_length
-    )
+      jax.random.fold_in(key, i), body_model, *args, spec.crop_size, spec.focal_length,
+      spec.background,
+    )  # fmt: skip
     parts.append({k: np.asarray(v[: chunk - pad]) for k, v in part.items()})
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 

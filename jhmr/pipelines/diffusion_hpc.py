@@ -62,6 +62,7 @@ from jhmr.models.hmr import HMR
 from jhmr.models.vposer import VPoser
 from jhmr.pipelines import diffusion_hpc_generate as gen
 from jhmr.pipelines.stages import Stage
+from jhmr.render import body_depth
 from jhmr.train import trainer
 from jhmr.train.tasks import make_hmr_task, predict
 
@@ -89,10 +90,13 @@ def _context(config, workdir) -> _Context:
   return _Context(config, pathlib.Path(workdir), load_body_model(config.body_model))
 
 
-def _spec(config) -> synthesis.SceneSpec:
+def _spec(config, domain: str) -> synthesis.SceneSpec:
+  """The scene of domain 'easy' / 'hard': its background is `config.data.<domain>_background`."""
+  d = config.data
   return synthesis.SceneSpec(
-    crop_size=config.data.image_size, focal_length=config.data.focal_length
-  )
+    crop_size=d.image_size, focal_length=d.focal_length,
+    background=d.get(f"{domain}_background", "gradient"),
+  )  # fmt: skip
 
 
 # The sets of the embedded job: (pose domain, which clips of a CMU domain: "fit" or "held").
@@ -155,7 +159,8 @@ def domain_set(ctx: _Context, name: str) -> PersonExample:
     kind, _ = domain_poses(ctx, domain)
     source = _cmu_source(ctx, domain, part) if kind == "cmu" else synthesis.PoseSource(kind)
     keys = KeySeq(ctx.config.seed).child("data").child(name)
-    batch = synthesis.single_view_set(keys, n, ctx.body_model, source, _spec(ctx.config))
+    spec = _spec(ctx.config, domain)
+    batch = synthesis.single_view_set(keys, n, ctx.body_model, source, spec)
     # a per-example `synthetic` flag (0: these stand for real photographs), so rows index
     ctx.sets[name] = batch.replace(synthetic=np.zeros(n, np.float32))
   return ctx.sets[name]
@@ -309,13 +314,24 @@ def sd_components(config, *, estimator_only: bool = False):
 
 
 def write_guides(ctx: _Context) -> pathlib.Path:
-  """The embedded default's guides file (the hard "real" images), in the user's format."""
+  """The embedded default's guides file (the hard "real" images), in the user's format: their
+  detector-like 2D keypoints, and person masks (the exact silhouettes of the guides' bodies,
+  standing in for the released pipeline's Mask R-CNN person masks)."""
   path = ctx.workdir / GUIDES_FILE
   if not path.exists():
     batch = domain_set(ctx, "guides")
     prompts = np.asarray([ctx.config.generate.prompts[0]] * len(batch.image))
+    size = batch.image.shape[1]
+    camera = body_depth.PinholeCamera(
+      focal_length=jnp.float32(ctx.config.data.focal_length),
+      camera_center=jnp.full((2,), size / 2.0, jnp.float32),
+    )
+    _, person = body_depth.render_body_depth(ctx.body_model, batch, camera, size)
     with atomic_path(path, suffix=".npz") as tmp:
-      np.savez(tmp, images=batch.image, prompts=prompts)
+      np.savez(
+        tmp, images=batch.image, prompts=prompts, person_masks=np.asarray(person),
+        keypoints_openpose25=batch.keypoints_2d["openpose25"],
+      )  # fmt: skip
   return path
 
 
@@ -386,6 +402,36 @@ def synthetic_source(workdir, crop_size: int, num_betas=None, beam_runner=None):
   return builder, MappedSource(rows, fn)
 
 
+def _with_guide_image(row, guide_images, fn):
+  return fn({**row, "image": guide_images[int(row["guide_index"])]})
+
+
+def labelled_guides_source(ctx: _Context):
+  """The control that separates the generated images from their labels: each guide's OWN image
+  with the label generation gave it (augmentation 0: the HMR estimate, fitted to the guide's
+  keypoints with `generate.fit_keypoints`), as SMPL-labelled examples."""
+  import functools  # noqa: PLC0415
+
+  from jhmr.data.diffusion_hpc_synthetic import (  # noqa: PLC0415
+    diffusion_hpc_synthetic_dataset_builder as hpc_builder,
+  )
+  from jhmr.data.sources import MappedSource  # noqa: PLC0415
+
+  size, num_betas = ctx.config.data.image_size, ctx.body_model.num_betas
+  builder, _ = synthetic_source(ctx.workdir, size, num_betas)
+  rows = builder.as_data_source()["train"]
+  first = [i for i in range(len(rows)) if int(rows[i]["augmentation_index"]) == 0]
+  guides = gen.load_guides(
+    ctx.config.generate.guides or ctx.workdir / GUIDES_FILE, ctx.config.generate.image_size,
+    ctx.config.generate.prompts,
+  )  # fmt: skip
+  guide_images = guides.images
+  fn = functools.partial(hpc_builder.to_example, crop_size=size, num_betas=num_betas)
+  return MappedSource(
+    rows, functools.partial(_with_guide_image, guide_images=guide_images, fn=fn), first
+  )
+
+
 def _start_hmr(ctx: _Context):
   """(hmr, variables) that fine-tuning starts from: the easy-trained HMR (generator 'render') or
   SPIN's checkpoint (generator 'sd')."""
@@ -406,18 +452,32 @@ def _real_source(ctx: _Context) -> BatchSource:
   return BatchSource(user_real_guides(guides, size, num_betas))
 
 
-def finetune(config, workdir, *, guides_only: bool = False):
+FINETUNE_FOLDERS = {
+  "generated": "finetune", "guides_only": "finetune_guides_only",
+  "labelled_guides": "finetune_labelled_guides",
+}  # fmt: skip
+
+
+def finetune(config, workdir, *, guides_only: bool = False, synthetic_half: str | None = None):
   """Stage `finetune`: returns (hmr, fine-tuned variables), trained in workdir/finetune.
 
   The starting HMR is the easy-trained one (embedded job) or SPIN's checkpoint (generator 'sd');
-  the real data are the guides. `guides_only`: the baseline that credits the generated pairs,
-  the same recipe on the real guides alone (no synthetic half; workdir/finetune_guides_only)."""
+  the real data are the guides. `synthetic_half` (`FINETUNE_FOLDERS`, default 'generated'): the
+  SMPL-labelled half, the generated pairs; 'guides_only' (or `guides_only=True`): none, the
+  baseline that credits the generated pairs, the same recipe on the real guides alone;
+  'labelled_guides': the guides' own images with the generated pairs' labels
+  (`labelled_guides_source`), the control that credits the generated images."""
   from jhmr.train.hpc_finetune_task import make_hpc_finetune_task  # noqa: PLC0415
 
   ctx = config if isinstance(config, _Context) else _context(config, workdir)
   config = ctx.config
+  kind = synthetic_half or ("guides_only" if guides_only else "generated")
+  if kind not in FINETUNE_FOLDERS:
+    raise InputError(f"synthetic_half must be one of {tuple(FINETUNE_FOLDERS)}, got {kind!r}")
   synthetic = None
-  if not guides_only:
+  if kind == "labelled_guides":
+    synthetic = labelled_guides_source(ctx)
+  elif kind == "generated":
     shards.list_shards(ctx.workdir / GENERATED)  # complete set, else an error naming the gaps
     if jax.process_index() == 0:  # one process prepares the dataset, the others then read it
       synthetic_source(ctx.workdir, config.data.image_size, ctx.body_model.num_betas)
@@ -435,7 +495,7 @@ def finetune(config, workdir, *, guides_only: bool = False):
     hmr, _real_source(ctx), synthetic, ctx.body_model, config=section,
     initial_variables=variables,
   )  # fmt: skip
-  folder = ctx.workdir / ("finetune_guides_only" if guides_only else "finetune")
+  folder = ctx.workdir / FINETUNE_FOLDERS[kind]
   state = trainer.train(_trainer_config(config, config.finetune), folder, task)
   return hmr, {"params": state.ema_params, **state.model_state}
 
@@ -517,6 +577,8 @@ def evaluate(config, workdir):
   models = {"before": before, "after": finetune(ctx, ctx.workdir)[1]}
   if config.evaluate.guides_only_baseline:
     models["guides_only"] = finetune(ctx, ctx.workdir, guides_only=True)[1]
+  if config.evaluate.get("labelled_guides_control", False):
+    models["labelled_guides"] = finetune(ctx, ctx.workdir, synthetic_half="labelled_guides")[1]
   per_person = {}  # "set/model" -> {"mpjpe", "pa_mpjpe": [N] mm}
   for name in ("hard_test", "easy_test"):
     batch = domain_set(ctx, name)
@@ -606,6 +668,7 @@ MODEL_LABELS = {
   "before": "easy-trained",
   "after": "+ Diffusion-HPC fine-tuning (guides + generated pairs)",
   "guides_only": "+ fine-tuning on the real guides alone",
+  "labelled_guides": "+ fine-tuning on the guides with the pairs' labels (no generated images)",
 }
 
 
@@ -629,14 +692,16 @@ def _report(config, results, stats, domains, hard_pa) -> str:
     "# Diffusion-HPC: HMR fine-tuning with generated image-mesh pairs",
     "",
     f"Easy domain (HMR training, easy_test): {domains['easy']}. Hard domain (the "
-    f"{config.data.num_guides} guides and hard_test, disjoint clips): {domains['hard']}.",
+    f"{config.data.num_guides} guides and hard_test, disjoint clips): {domains['hard']}. "
+    f"Scenes: easy {config.data.get('easy_background', 'gradient')}, hard "
+    f"{config.data.get('hard_background', 'gradient')} (`jhmr.data.synthesis.backgrounds`).",
     "",
-    f"Generator: **{g.generator}**. "
-    + (gen.RENDER_DESCRIPTION if g.generator == "render" else gen.SD_DESCRIPTION)
-    + ".",
+    f"Generator: **{g.generator}**. " + gen.describe(g) + ".",
     "",
     f"Generated examples: {stats['examples']} ({g.num_augmentations} per kept guide, "
-    f"augmentation '{g.augment_variant}'); skipped guides: {stats['skipped'] or 'none'}; "
+    f"augmentation '{g.augment_variant}'; labels: the HMR estimate of the guide"
+    f"{', fitted to its 2D keypoints' if g.get('fit_keypoints', False) else ''}); "
+    f"skipped guides: {stats['skipped'] or 'none'}; "
     f"estimate hardness mean {stats['estimate_hardness_mean']:.1f}, "
     f"fraction > 30: {stats['estimate_hard_fraction']:.2f}.",
     "",
@@ -657,6 +722,11 @@ def _report(config, results, stats, domains, hard_pa) -> str:
     reading += (
       "; the generated pairs, against fine-tuning on the guides alone, changed PA-MPJPE by "
       f"{paired_change(after, hard_pa['guides_only'])}"
+    )
+  if "labelled_guides" in hard_pa:
+    reading += (
+      "; against the guides' own images with the same labels, by "
+      f"{paired_change(after, hard_pa['labelled_guides'])}"
     )
   lines += [
     "",

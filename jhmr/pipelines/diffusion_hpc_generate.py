@@ -11,7 +11,10 @@ seed and its guide index only, never on the batch, shard size or process it ran 
      a full-image translation (`jhmr.geometry.cameras.crop_to_full_translation`, box = the whole
      image) for the image camera: focal `focal_length` px, or FoV 60° when None (the full-image
      path that pitfall 2 asks for), principal point at the centre. A guide without a usable
-     estimate (non-finite output, camera scale <= `min_camera_scale`) is skipped and counted;
+     estimate (non-finite output, camera scale <= `min_camera_scale`) is skipped and counted.
+     With `fit_keypoints` (not in the released code, which uses the HMR output as it is) the
+     estimate is then fitted to the guide's 2D keypoints (`jhmr.guidance.smplify.fit`, pose
+     prior weight `fit_pose_weight`) and the fit goes on in its place;
   3. hardness = VPoser ||z||² of one seeded sample (`jhmr.models.vposer.hardness`); with
      `hardness_filter='hard'` only guides scoring > `tau` go on (the others are counted);
   4. `num_augmentations` examples: k = 0 the estimate, k > 0 VPoser latent augmentation
@@ -20,12 +23,16 @@ seed and its guide index only, never on the batch, shard size or process it ran 
      with the guide's occlusion mask when given, SD 2 preprocessing to the latent size);
   6. the image:
      'sd'      SD 2 depth image-to-image from the VAE latents of the first image with the human
-               region (the estimate's silhouette, union this example's depth > 0, at latent
-               resolution) replaced by N(0, I), noised to strength 0.7 (PNDM 50 steps -> 36 steps
-               from t = 701), negative prompt "deformed, bad anatomy", CFG 7.5, then decoded;
+               region (the guide's person mask when given, else the estimate's silhouette,
+               union this example's depth > 0, at latent resolution) replaced by N(0, I),
+               noised to strength 0.7 (PNDM 50 steps -> 36 steps from t = 701), negative
+               prompt "deformed, bad anatomy", CFG 7.5, then decoded;
      'render'  NO diffusion model: the augmented body rendered by jhmr's rasteriser (Lambertian
-               shading, random body colour and light, random two-colour gradient background);
-               steps 1-5 and the labels are the same code as for 'sd'.
+               shading, random body colour and light) over, with `render_background='guide'`,
+               the guide image whose human region (as for 'sd', at image resolution, grown by
+               one pixel) is filled from its surroundings (`jhmr.render.inpaint`: the scene is
+               kept, the person redrawn, as the re-noised latents do), or, with 'gradient', a
+               random two-colour gradient; steps 1-5 and the labels are the same code as 'sd'.
   7. labels from the body model: SMPL parameters, camera-frame joints, projected SMPL-24 and
      BODY_25 keypoints, the crop box ('image': the whole image; 'keypoints': the square box of
      the visible SMPL-24 projections x 1.2).
@@ -58,20 +65,45 @@ from jhmr.errors import InputError
 from jhmr.geometry import cameras, rotations
 from jhmr.keys import name_key
 from jhmr.models import vposer as vposer_lib
-from jhmr.render import body_depth, rasterizer, shading
+from jhmr.render import body_depth, inpaint, rasterizer, shading
 from jhmr.train.tasks import normalise_images
 
 GENERATORS = ("render", "sd")
-RENDER_DESCRIPTION = (
-  "generator='render': images rendered by jhmr's rasteriser (shaded body, random colour, light "
-  "and gradient background) in place of Stable Diffusion; HMR estimate, hardness, VPoser "
-  "augmentation and depth conditioning are the real pipeline"
-)
+RENDER_DESCRIPTIONS = {
+  "gradient": (
+    "generator='render': images rendered by jhmr's rasteriser (shaded body, random colour, light "
+    "and gradient background) in place of Stable Diffusion; HMR estimate, hardness, VPoser "
+    "augmentation and depth conditioning are the real pipeline"
+  ),
+  "guide": (
+    "generator='render': images rendered by jhmr's rasteriser (shaded body, random colour and "
+    "light) into the guide image, whose human region is filled from its surroundings, in place "
+    "of Stable Diffusion; HMR estimate, hardness, VPoser augmentation and depth conditioning "
+    "are the real pipeline"
+  ),
+}
 SD_DESCRIPTION = (
   "generator='sd': SD text-to-image (or a real guide image) -> HMR -> hardness -> VPoser "
   "augmentation -> SD 2 depth image-to-image (strength 0.7, human latents re-noised)"
 )
 NEGATIVE_PROMPT = "deformed, bad anatomy"
+
+
+def render_background(settings) -> str:
+  """`settings.render_background` ('gradient' when absent), checked."""
+  value = settings.get("render_background", "gradient")
+  if value not in RENDER_DESCRIPTIONS:
+    raise InputError(
+      f"generate.render_background must be one of {tuple(RENDER_DESCRIPTIONS)}, got {value!r}"
+    )
+  return value
+
+
+def describe(settings) -> str:
+  """One sentence on what makes the images under `settings` (the generate section)."""
+  if settings.generator != "render":
+    return SD_DESCRIPTION
+  return RENDER_DESCRIPTIONS[render_background(settings)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,17 +113,25 @@ NEGATIVE_PROMPT = "deformed, bad anatomy"
 @dataclasses.dataclass(frozen=True)
 class Guides:
   """What generation starts from: N prompts, and optionally N guide images (the real-guidance
-  path) with N user occlusion masks (Eq. 3; True = a non-person object covers the pixel).
+  path) with N user occlusion masks (Eq. 3; True = a non-person object covers the pixel) and N
+  person masks (True = the guide's person, as the released code's Mask R-CNN person masks).
 
   Attributes:
     prompts: N strings.
     images: `[N, G, G, 3]` uint8 or None (text guidance).
     occlusion_masks: `[N, G, G]` bool or None.
+    person_masks: `[N, G, G]` bool or None. With them, the region generation redraws (the
+      human region) is the person mask union the example's silhouette (released
+      `generate_dataset.py`); without them, the estimate's and the example's silhouettes.
+    keypoints: `[N, 25, 3]` float32 BODY_25 (x, y, confidence) in image pixels, or None: what
+      `fit_keypoints` fits the estimate to.
   """
 
   prompts: tuple[str, ...]
   images: np.ndarray | None = None
   occlusion_masks: np.ndarray | None = None
+  person_masks: np.ndarray | None = None
+  keypoints: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.prompts)
@@ -105,7 +145,7 @@ def check_guides(guides: Guides, image_size: int) -> Guides:
   if not all(isinstance(p, str) for p in prompts):
     raise InputError("prompts must be strings")
   n, g = len(prompts), image_size
-  images, masks = guides.images, guides.occlusion_masks
+  images = guides.images
   if images is not None:
     images = np.asarray(images)
     if images.dtype != np.uint8:
@@ -115,18 +155,37 @@ def check_guides(guides: Guides, image_size: int) -> Guides:
         f"guide images must be [{n}, {g}, {g}, 3] (one per prompt, generate.image_size {g}), "
         f"got shape {images.shape}"
       )
-  if masks is not None:
-    masks = np.asarray(masks)
-    if masks.shape != (n, g, g):
-      raise InputError(f"occlusion masks must be [{n}, {g}, {g}] (bool), got shape {masks.shape}")
-    if masks.dtype != np.bool_:
-      raise InputError(f"occlusion masks must be bool (True = occluded), got dtype {masks.dtype}")
-  return Guides(prompts, images, masks)
+  masks = {}
+  for name, meaning in (("occlusion", "occluded"), ("person", "the person")):
+    m = getattr(guides, f"{name}_masks")
+    if m is not None:
+      m = np.asarray(m)
+      if images is None:
+        raise InputError(f"{name} masks need guide images (text guidance has none)")
+      if m.shape != (n, g, g):
+        raise InputError(f"{name} masks must be [{n}, {g}, {g}] (bool), got shape {m.shape}")
+      if m.dtype != np.bool_:
+        raise InputError(f"{name} masks must be bool (True = {meaning}), got dtype {m.dtype}")
+    masks[name] = m
+  keypoints = guides.keypoints
+  if keypoints is not None:
+    keypoints = np.asarray(keypoints, np.float32)
+    if images is None:
+      raise InputError("guide keypoints need guide images (text guidance has none)")
+    if keypoints.shape != (n, 25, 3):
+      raise InputError(
+        f"guide keypoints must be [{n}, 25, 3] (BODY_25 x, y, confidence), got {keypoints.shape}"
+      )
+    seen = keypoints[..., 2] > 0
+    if not np.all(np.isfinite(keypoints[..., :2][seen])) or not np.all(keypoints[..., 2] >= 0):
+      raise InputError("guide keypoints must be finite where their confidence is > 0, and >= 0")
+  return Guides(prompts, images, masks["occlusion"], masks["person"], keypoints)
 
 
 def load_guides(path, image_size: int, prompts=None) -> Guides:
-  """A guides `.npz`: `images` [N, G, G, 3] uint8, optional `occlusion_masks` [N, G, G] bool and
-  `prompts` [N] str (else `prompts`, one for all or N, from the config)."""
+  """A guides `.npz`: `images` [N, G, G, 3] uint8, optional `occlusion_masks` and `person_masks`
+  [N, G, G] bool, `keypoints_openpose25` [N, 25, 3] (image px) and `prompts` [N] str (else
+  `prompts`, one for all or N, from the config)."""
   path = pathlib.Path(path).expanduser()
   if not path.is_file():
     raise InputError(f"guide file {path} does not exist")
@@ -145,7 +204,11 @@ def load_guides(path, image_size: int, prompts=None) -> Guides:
     names = names * n if len(names) == 1 else names
     if len(names) != n:
       raise InputError(f"{path}: {n} guide images but {len(names)} prompts")
-  return check_guides(Guides(names, data["images"], data.get("occlusion_masks")), image_size)
+  guides = Guides(
+    names, data["images"], data.get("occlusion_masks"), data.get("person_masks"),
+    data.get("keypoints_openpose25"),
+  )  # fmt: skip
+  return check_guides(guides, image_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,9 +275,9 @@ def image_focal(settings, image_size: int) -> float:
 
 
 @functools.partial(jax.jit, static_argnames=("size",))
-def _render_images(keys, body_model, params, focal, size: int):
-  """Shaded bodies on random gradients: uint8 [B, size, size, 3] (per-example colour, light and
-  background from `keys` [B])."""
+def _render_images(keys, body_model, params, focal, size: int, background=None):
+  """Shaded bodies: uint8 [B, size, size, 3] (per-example colour and light from `keys` [B]) over
+  `background` [B, size, size, 3] in [0, 1], or, when None, random gradients."""
   out = body_model(params.betas, params.body_pose, params.global_orient, params.cam_t)
   center = jnp.array([size / 2, size / 2], jnp.float32)
   frags = rasterizer.rasterize(out.vertices, body_model.faces, focal, center, (size, size))
@@ -224,11 +287,19 @@ def _render_images(keys, body_model, params, focal, size: int):
   light = jnp.concatenate([light, -jnp.ones((len(keys), 1))], -1)
   b = len(keys)
   body = shading.shade(frags, jnp.broadcast_to(color[:, None, None], (b, size, size, 3)), light)
-  c = jax.vmap(lambda k: jax.random.uniform(k, (6,)))(sub[:, 2])
-  ramp = jnp.linspace(0.0, 1.0, size)[None, :, None, None]
-  background = c[:, None, None, :3] + (c[:, None, None, 3:] - c[:, None, None, :3]) * ramp
+  if background is None:
+    c = jax.vmap(lambda k: jax.random.uniform(k, (6,)))(sub[:, 2])
+    ramp = jnp.linspace(0.0, 1.0, size)[None, :, None, None]
+    background = c[:, None, None, :3] + (c[:, None, None, 3:] - c[:, None, None, :3]) * ramp
   image = jnp.where(frags.mask[..., None], body, background)
   return jnp.round(image * 255).astype(jnp.uint8)
+
+
+def _guide_background(images, human):
+  """The guide images `[B, G, G, 3]` uint8 with the `human` region `[B, G, G]` (grown by one
+  pixel) filled from its surroundings: the scene the render generator draws the new body into."""
+  hole = inpaint.dilate(jnp.asarray(human), 1)
+  return inpaint.fill_holes(jnp.asarray(images, jnp.float32) / 255.0, hole)
 
 
 @functools.partial(jax.jit, static_argnames=("size", "latent", "masked"))
@@ -363,6 +434,7 @@ def generate_batch(settings, comps: Components, ids, guides: Guides, num_real: i
       "generator 'render' has no text-to-image model: give guide images (config.generate.guides)"
     )
   masks = None if guides.occlusion_masks is None else jnp.asarray(guides.occlusion_masks[ids])
+  person = None if guides.person_masks is None else jnp.asarray(guides.person_masks[ids])
   est = comps.estimate(images)
   cam = np.asarray(est["cam"], np.float32)
   finite = np.all(np.isfinite(est["rotmat"]).reshape(len(ids), -1), -1)
@@ -377,6 +449,15 @@ def generate_batch(settings, comps: Components, ids, guides: Guides, num_real: i
   cam_t = cameras.crop_to_full_translation(
     cam, jnp.full((2,), g / 2.0), g, jnp.full((2,), g), focal
   )
+  if settings.get("fit_keypoints", False):
+    if guides.keypoints is None:
+      raise InputError(
+        "generate.fit_keypoints needs the guides' 2D keypoints ('keypoints_openpose25' in the "
+        "guides file)"
+      )
+    aa, betas, cam_t = _fit_to_keypoints(
+      comps.body_model, settings, rotmat, betas, cam_t, guides.keypoints[ids], usable, focal
+    )
   body = (aa[:, 0], aa[:, 1:], betas, cam_t)
   score = np.asarray(
     _vposer_scores(comps, vposer_lib.vposer_input(body[1]), _keys(settings.seed, ids, "hardness"))
@@ -391,24 +472,30 @@ def generate_batch(settings, comps: Components, ids, guides: Guides, num_real: i
     raise InputError(
       f"generate.hardness_filter must be 'none' or 'hard', got {settings.hardness_filter!r}"
     )
+  background_kind = render_background(settings)
   if not keep.any():
     return None, skipped
-  first_latents = silhouette0 = None
+  first_latents = guide_region = None
   rows = []
   intrinsics = np.asarray([[focal, 0, g / 2], [0, focal, g / 2], [0, 0, 1]], np.float32)
   for k in range(settings.num_augmentations):
     bk = body if k == 0 else _augment(comps, settings, body, k, ids)
     params = body_depth.BodyParams(*bk)
     cond, silhouette = _depth(comps.body_model, params, focal, masks, g, latent, masks is not None)
+    if guide_region is None:  # the guide's person: its mask, else the estimate's silhouette
+      guide_region = silhouette if person is None else person
     if settings.generator == "render":
+      background = None
+      if background_kind == "guide":
+        background = _guide_background(images, guide_region | silhouette)
+      render_keys = _keys(settings.seed, ids, f"render{k}")
       image = np.asarray(
-        _render_images(_keys(settings.seed, ids, f"render{k}"), comps.body_model, params, focal, g)
+        _render_images(render_keys, comps.body_model, params, focal, g, background)
       )
     else:
       if first_latents is None:
         first_latents = _first_latents(comps, settings, ids, images)
-        silhouette0 = silhouette
-      human = _pool(silhouette0 | silhouette, g // first_latents.shape[1])
+      human = _pool(guide_region | silhouette, g // first_latents.shape[1])
       image = _depth_to_image(comps, settings, ids, k, prompts, first_latents, human, cond)
     joints, kp24, kp25 = (
       np.asarray(x, np.float32) for x in _labels(comps.body_model, params, focal, g)
@@ -433,6 +520,33 @@ def generate_batch(settings, comps: Components, ids, guides: Guides, num_real: i
     skipped["no_visible_keypoints"] = int(bad.sum())
     out = {name: v[~bad] for name, v in out.items()}
   return out, skipped
+
+
+def _fit_to_keypoints(body_model, settings, rotmat, betas, cam_t, keypoints, usable, focal):
+  """The estimates fitted to the guides' 2D keypoints (`jhmr.guidance.smplify.fit`, task
+  'keypoints', started from the estimate, `settings.fit_pose_weight` pulling towards it) ->
+  (axis-angle [B, 24, 3], betas, cam_t). Rows that are not `usable` keep the estimate."""
+  from jhmr.guidance import smplify  # noqa: PLC0415
+  from jhmr.guidance.observation import Observation  # noqa: PLC0415
+
+  g = settings.image_size
+  confidence = keypoints[..., 2] * usable[:, None]
+  if not np.any(confidence > 0):
+    return rotations.matrix_to_axis_angle(jnp.asarray(rotmat)), betas, cam_t
+  obs = Observation.create(
+    rotmat, np.asarray(betas), np.asarray(cam_t), np.nan_to_num(keypoints[..., :2]),
+    confidence, image_size=(g, g), focal_length=focal, body_model=body_model,
+  )  # fmt: skip
+  config = smplify.SmplifyConfig(pose_weight=float(settings.get("fit_pose_weight", 1500.0)))
+  fitted = smplify.fit(obs, config=config)
+  keep = jnp.asarray(usable)
+  pick = lambda new, old: jnp.where(keep.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+  pose = pick(fitted.pose, jnp.asarray(rotmat))
+  return (
+    rotations.matrix_to_axis_angle(pose),
+    pick(fitted.betas, jnp.asarray(betas)),
+    pick(fitted.cam_t, jnp.asarray(cam_t)),
+  )
 
 
 def latent_size(settings, comps: Components) -> int:
@@ -488,7 +602,7 @@ def run_generation(
       f"{out_dir} holds shards of another run ({stale[:3]}...); use a fresh output folder"
     )
   sid = settings_id(settings, identity)
-  description = RENDER_DESCRIPTION if settings.generator == "render" else SD_DESCRIPTION
+  description = describe(settings)
   counts = dict(generated=0, reused=0, regenerated=0, written=0, skipped={})
   logging.info("diffusion_hpc generate: %s", description)
   for index in shards.shard_indices(num_shards, process_index, process_count):

@@ -192,3 +192,37 @@ class SyntheticCmuTest(tfds.testing.DatasetBuilderTestCase):
   BUILDER_CONFIG_NAMES_TO_TEST = ["tiny_cmu"]
   SPLITS = {"train": 6, "test": 2}
   EXAMPLE_DIR = str(cmu_dummy.DUMMY_DIR)
+
+
+def test_stripes_background_changes_the_scene_and_nothing_else():
+  body = _random_body()
+  plain, striped = (  # the same keys for both
+    synthesis.single_view_set(
+      KeySeq(3).child("people"),
+      4,
+      body,
+      synthesis.PoseSource(),
+      synthesis.SceneSpec(crop_size=32, background=kind),
+    )
+    for kind in ("gradient", "stripes")
+  )
+  # same people, labels and detections; the body's pixels are the same, the scene is not
+  np.testing.assert_array_equal(plain.joints_3d, striped.joints_3d)
+  np.testing.assert_array_equal(
+    plain.keypoints_2d["openpose25"], striped.keypoints_2d["openpose25"]
+  )
+  same = np.all(plain.image == striped.image, -1)
+  assert 0.02 < same.mean() < 0.6  # the body (and chance equal pixels), not the background
+  # a gradient varies along one axis only and smoothly; the stripes vary along both, in bars
+  key = jax.random.key(0)
+  gradient, stripes = (
+    np.asarray(synthesis.backgrounds(key, 4, 32, k)) for k in ("gradient", "stripes")
+  )
+  assert gradient.shape == stripes.shape == (4, 32, 32, 3)
+  assert 0 <= stripes.min() and stripes.max() <= 1
+  np.testing.assert_allclose(np.diff(gradient, axis=2), 0, atol=1e-6)  # constant along rows
+  bumps = lambda b, axis: np.abs(np.diff(b, 2, axis=axis)).mean()
+  for axis in (1, 2):
+    assert bumps(stripes, axis) > 20 * bumps(gradient, 1)
+  with pytest.raises(ValueError, match="background"):
+    synthesis.SceneSpec(background="checkerboard")

@@ -23,6 +23,7 @@ from jhmr.errors import InputError
 from jhmr.models.vposer import VPoser
 from jhmr.pipelines import diffusion_hpc as hpc
 from jhmr.pipelines import diffusion_hpc_generate as gen
+from jhmr.render import inpaint
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -379,15 +380,113 @@ def test_tiny_job_end_to_end(tmp_path):
   assert "CMU motion capture, subjects 135" in text  # the hard domain of the tiny config
   assert "guides alone" in text  # the baseline that credits the generated pairs
   assert (tmp_path / "errors.png").is_file() and (tmp_path / "generated_grid.png").is_file()
-  for folder in ("finetune", "finetune_guides_only"):
+  assert "own images with the same labels" in text  # the control that credits the images
+  for folder in hpc.FINETUNE_FOLDERS.values():
     assert (tmp_path / folder / "checkpoints").is_dir()
   results = json.loads((tmp_path / "results.json").read_text())["results"]
+  models = ("before", "after", "guides_only", "labelled_guides")
   assert set(results) == {
-    f"{name}/{model}" for name in ("hard_test", "easy_test")
-    for model in ("before", "after", "guides_only")
+    f"{name}/{model}" for name in ("hard_test", "easy_test") for model in models
   }  # fmt: skip
   # The fine-tuned models differ from each other and from the start.
-  hard = [results[f"hard_test/{m}"]["pa_mpjpe"] for m in ("before", "after", "guides_only")]
-  assert len(set(hard)) == 3, hard
+  hard = [results[f"hard_test/{m}"]["pa_mpjpe"] for m in models]
+  assert len(set(hard)) == 4, hard
   _, source = hpc.synthetic_source(tmp_path, config.data.image_size)
   assert len(source) == config.data.num_guides * config.generate.num_augmentations
+
+
+def test_render_into_the_guide_keeps_its_scene_and_removes_its_person(components):
+  guides = _guides(4)
+  person = np.zeros((4, G, G), bool)
+  person[:, 2:12, 20:30] = True  # the guide's person (a corner the new bodies do not cover)
+  with_masks = gen.Guides(guides.prompts, guides.images, None, person)
+  run = lambda kind: gen.generate_batch(
+    _config(num_augmentations=2, render_background=kind).generate, components, [0, 1, 2, 3],
+    with_masks,
+  )[0]  # fmt: skip
+  out, gradient = run("guide"), run("gradient")
+  grow = lambda m: np.asarray(inpaint.dilate(jnp.asarray(m)[None], 1))[0]
+  for row, g in enumerate(out["guide_index"]):
+    image, guide = out["image"][row].astype(int), guides.images[g].astype(int)
+    scene = np.any(out["image"][row] != gradient["image"][row], -1)  # the same body in both
+    kept = scene & ~grow(person[g]) & ~grow(~scene)  # outside the redrawn region
+    assert kept.mean() > 0.3
+    assert np.abs(image[kept] - guide[kept]).max() <= 1  # the guide's scene, up to rounding
+    filled = scene & person[g]  # the guide's person, where no new body covers it
+    assert filled.sum() > 20
+    assert np.abs(image[filled] - guide[filled]).mean() > 20  # redrawn (the guide is noise)
+  with pytest.raises(InputError, match="render_background"):
+    gen.generate_batch(_config(render_background="photo").generate, components, [0], guides)
+
+
+def test_bad_person_masks_raise_clear_errors():
+  good = _guides(2)
+  with pytest.raises(InputError, match="person masks must be"):
+    gen.check_guides(gen.Guides(good.prompts, good.images, None, np.zeros((2, 8, 8), bool)), G)
+  with pytest.raises(InputError, match="person masks must be bool"):
+    gen.check_guides(gen.Guides(good.prompts, good.images, None, np.zeros((2, G, G), int)), G)
+  with pytest.raises(InputError, match="need guide images"):
+    gen.check_guides(gen.Guides(good.prompts, None, None, np.zeros((2, G, G), bool)), G)
+
+
+def test_fit_keypoints_moves_the_estimate_onto_the_guides_keypoints(components):
+  guides = _guides(2)
+  settings = _config(num_augmentations=1).generate
+  plain, _ = gen.generate_batch(settings, components, [0, 1], guides)
+  # keypoints of another pose: the estimate's own projections, arms and legs shifted
+  target = plain["keypoints_openpose25"].copy()
+  target[:, 2:8, 0] += 3.0  # arms (BODY_25 2-7) 3 px to the right
+  target[:, 9:15, 1] -= 2.0  # legs (9-14) 2 px up
+  with_kp = gen.Guides(guides.prompts, guides.images, keypoints=target)
+  fitted, _ = gen.generate_batch(
+    _config(num_augmentations=1, fit_keypoints=True).generate, components, [0, 1], with_kp
+  )
+  seen = target[..., 2] > 0
+  error = lambda out: np.linalg.norm(
+    out["keypoints_openpose25"][..., :2] - target[..., :2], axis=-1
+  )
+  assert error(fitted)[seen].mean() < 0.6 * error(plain)[seen].mean()
+  assert not np.allclose(fitted["body_pose"], plain["body_pose"])
+  with pytest.raises(InputError, match="needs the guides' 2D keypoints"):
+    gen.generate_batch(
+      _config(num_augmentations=1, fit_keypoints=True).generate, components, [0, 1], guides
+    )
+
+
+def test_bad_guide_keypoints_raise_clear_errors():
+  good = _guides(2)
+  kp = np.zeros((2, 25, 3), np.float32)
+  with pytest.raises(InputError, match=r"\[2, 25, 3\]"):
+    gen.check_guides(gen.Guides(good.prompts, good.images, keypoints=kp[:, :17]), G)
+  bad = kp.copy()
+  bad[0, 3] = (np.nan, 1.0, 0.9)
+  with pytest.raises(InputError, match="finite"):
+    gen.check_guides(gen.Guides(good.prompts, good.images, keypoints=bad), G)
+  bad[0, 3, 2] = 0.0  # a missing keypoint may hold NaN
+  gen.check_guides(gen.Guides(good.prompts, good.images, keypoints=bad), G)
+
+
+def test_labelled_guides_pair_each_guide_image_with_its_first_label(tmp_path, components):
+  config = _config()
+  guides = _guides(4)
+  config.generate.guides = _write_guides(tmp_path, guides)
+  hpc.generate(config, tmp_path, process_index=0, process_count=1, components=components)
+  ctx = hpc._context(config, tmp_path)
+  source = hpc.labelled_guides_source(ctx)
+  builder, generated = hpc.synthetic_source(tmp_path, G, ctx.body_model.num_betas)
+  rows = builder.as_data_source()["train"]
+  first = {
+    int(r["guide_index"]): i for i, r in enumerate(rows) if int(r["augmentation_index"]) == 0
+  }
+  assert len(source) == len(first) == 4
+  for i in range(len(source)):
+    example = source[i]
+    g = int(rows[source.indices[i]]["guide_index"])
+    label = generated[first[g]]
+    np.testing.assert_array_equal(example.image, guides.images[g])  # the guide's own image
+    assert not np.array_equal(example.image, label.image)
+    np.testing.assert_array_equal(example.body_pose, label.body_pose)  # the pair's label
+    np.testing.assert_array_equal(example.keypoints_2d["smpl24"], label.keypoints_2d["smpl24"])
+    assert float(example.has_smpl) == 1.0
+  with pytest.raises(InputError, match="synthetic_half"):
+    hpc.finetune(ctx, tmp_path, synthetic_half="everything")
