@@ -458,26 +458,27 @@ FINETUNE_FOLDERS = {
 }  # fmt: skip
 
 
-def finetune(config, workdir, *, guides_only: bool = False, synthetic_half: str | None = None):
+def finetune(config, workdir, *, synthetic_half: str = "generated"):
   """Stage `finetune`: returns (hmr, fine-tuned variables), trained in workdir/finetune.
 
   The starting HMR is the easy-trained one (embedded job) or SPIN's checkpoint (generator 'sd');
-  the real data are the guides. `synthetic_half` (`FINETUNE_FOLDERS`, default 'generated'): the
-  SMPL-labelled half, the generated pairs; 'guides_only' (or `guides_only=True`): none, the
-  baseline that credits the generated pairs, the same recipe on the real guides alone;
-  'labelled_guides': the guides' own images with the generated pairs' labels
-  (`labelled_guides_source`), the control that credits the generated images."""
+  the real data are the guides. `synthetic_half` (`FINETUNE_FOLDERS`): 'generated' (default),
+  the generated pairs as the SMPL-labelled half; 'guides_only', no such half: the baseline that
+  credits the generated pairs, the same recipe on the real guides alone; 'labelled_guides', the
+  guides' own images with the generated pairs' labels (`labelled_guides_source`): the control
+  that credits the generated images."""
   from jhmr.train.hpc_finetune_task import make_hpc_finetune_task  # noqa: PLC0415
 
   ctx = config if isinstance(config, _Context) else _context(config, workdir)
   config = ctx.config
-  kind = synthetic_half or ("guides_only" if guides_only else "generated")
-  if kind not in FINETUNE_FOLDERS:
-    raise InputError(f"synthetic_half must be one of {tuple(FINETUNE_FOLDERS)}, got {kind!r}")
+  if synthetic_half not in FINETUNE_FOLDERS:
+    raise InputError(
+      f"synthetic_half must be one of {tuple(FINETUNE_FOLDERS)}, got {synthetic_half!r}"
+    )
   synthetic = None
-  if kind == "labelled_guides":
+  if synthetic_half == "labelled_guides":
     synthetic = labelled_guides_source(ctx)
-  elif kind == "generated":
+  elif synthetic_half == "generated":
     shards.list_shards(ctx.workdir / GENERATED)  # complete set, else an error naming the gaps
     if jax.process_index() == 0:  # one process prepares the dataset, the others then read it
       synthetic_source(ctx.workdir, config.data.image_size, ctx.body_model.num_betas)
@@ -495,7 +496,7 @@ def finetune(config, workdir, *, guides_only: bool = False, synthetic_half: str 
     hmr, _real_source(ctx), synthetic, ctx.body_model, config=section,
     initial_variables=variables,
   )  # fmt: skip
-  folder = ctx.workdir / FINETUNE_FOLDERS[kind]
+  folder = ctx.workdir / FINETUNE_FOLDERS[synthetic_half]
   state = trainer.train(_trainer_config(config, config.finetune), folder, task)
   return hmr, {"params": state.ema_params, **state.model_state}
 
@@ -576,7 +577,7 @@ def evaluate(config, workdir):
   hmr, before = baseline_hmr(ctx)
   models = {"before": before, "after": finetune(ctx, ctx.workdir)[1]}
   if config.evaluate.guides_only_baseline:
-    models["guides_only"] = finetune(ctx, ctx.workdir, guides_only=True)[1]
+    models["guides_only"] = finetune(ctx, ctx.workdir, synthetic_half="guides_only")[1]
   if config.evaluate.get("labelled_guides_control", False):
     models["labelled_guides"] = finetune(ctx, ctx.workdir, synthetic_half="labelled_guides")[1]
   per_person = {}  # "set/model" -> {"mpjpe", "pa_mpjpe": [N] mm}
