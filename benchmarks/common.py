@@ -34,6 +34,23 @@ def free_gb() -> str:
     return "unknown"
 
 
+def cpu() -> str:
+  """The CPU as `lscpu` names it, "AMD EPYC (family 26, model 2), 2 cores, avx512", or
+  'unknown' (CPU speeds differ several-fold between machines of one kind: say which ran)."""
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+  fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+  get = lambda key: fields.get(key, "?").strip()
+  flags = get("Flags").split()
+  vector = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "no avx2"
+  return (
+    f"{get('Model name')} (family {get('CPU family')}, model {get('Model')}), "
+    f"{os.cpu_count()} cores, {vector}"
+  )
+
+
 def peak_rss_gb() -> float:
   """This process's peak resident memory in GiB (ru_maxrss is KiB on Linux)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

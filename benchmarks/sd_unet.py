@@ -27,7 +27,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, time_call, time_interleaved  # noqa: E402
+from common import cpu, load, print_table, time_call, time_interleaved  # noqa: E402
 
 PEAK_TFLOPS = {"H100": {"bfloat16": 989.0, "float32": 67.0}, "H200": {"bfloat16": 989.0}}
 
@@ -242,6 +242,7 @@ def main() -> None:
     + (", interleaved in one process (RSS: the process's)" if args.interleave else ""),
     flush=True,
   )
+  print(f"# CPU {cpu()}; load average {load()} before", flush=True)
   rows = []
   for case in cases:
     size, batch = case
@@ -292,6 +293,7 @@ def main() -> None:
     ],
     rows,
   )
+  print(f"# load average {load()} after", flush=True)
 
 
 if __name__ == "__main__":

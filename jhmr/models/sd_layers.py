@@ -26,8 +26,13 @@ Dtype = Any
 
 # Largest logits block (elements of [B, heads, L_q, L_kv]) 'auto' forms in one piece.
 _MAX_LOGITS_ELEMENTS = 1 << 25
-# The same on CPU, where a block that stays in cache beats one large block (see `attention`).
-_MAX_LOGITS_ELEMENTS_CPU = 1 << 20
+# On CPU, where blocks that stay in cache win (see `attention`): 'auto' forms the whole batch's
+# logits at once when one sample's block is at most `_CPU_SAMPLE_LOGITS` elements and the
+# batch's at most `_CPU_BATCH_LOGITS`; otherwise it runs one sample and one query chunk of at
+# most `_CPU_STEP_LOGITS` logits at a time.
+_CPU_SAMPLE_LOGITS = 1 << 20
+_CPU_BATCH_LOGITS = 1 << 23
+_CPU_STEP_LOGITS = 1 << 21
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn")
 
 
@@ -244,12 +249,31 @@ def _attention_core(q: jax.Array, kt: jax.Array, vt: jax.Array) -> jax.Array:
   return out / e.sum(-1, keepdims=True)
 
 
-def _query_chunk(b: int, h: int, lq: int, lk: int, limit: int, requested: int | None) -> int:
-  """Queries per chunk: `requested`, else the largest power of two whose `[B, H, chunk, L_kv]`
-  logits stay within `limit` elements; then the largest divisor of `L_q` not above it."""
-  chunk = requested or max(1, limit // (b * h * lk))
+def _query_chunk(heads_lk: int, lq: int, limit: int, requested: int | None) -> int:
+  """Queries per chunk: `requested`, else the largest power of two whose logits (`heads_lk`
+  elements per query) stay within `limit`; then the largest divisor of `L_q` not above it."""
+  chunk = requested or max(1, limit // heads_lk)
   chunk = min(lq, 1 << (chunk.bit_length() - 1))
   return math.gcd(lq, chunk) if lq % chunk else chunk
+
+
+def _chunked_attention(qt: jax.Array, kt: jax.Array, vt: jax.Array, samples: int, chunk: int):
+  """`_attention_core` over `samples` batch elements and `chunk` queries at a time, one step
+  after another (`lax.map`), so at most `[samples, H, chunk, L_kv]` logits exist at once."""
+  b, h, lq, d = qt.shape
+  groups = lambda t: t.reshape(b // samples, samples, *t.shape[1:])
+
+  def one_group(operands):
+    q, k, v = operands  # [samples, H, L_q, D], [samples, H, D, L_kv], [samples, H, L_kv, D]
+    if chunk == lq:
+      return _attention_core(q, k, v)
+    q_chunks = jnp.moveaxis(q.reshape(samples, h, lq // chunk, chunk, d), 2, 0)
+    out = jax.lax.map(lambda qc: _attention_core(qc, k, v), q_chunks)  # [n, s, H, chunk, D]
+    return jnp.moveaxis(out, 0, 2).reshape(samples, h, lq, d)
+
+  if samples == b:
+    return one_group((qt, kt, vt))
+  return jax.lax.map(one_group, (groups(qt), groups(kt), groups(vt))).reshape(b, h, lq, d)
 
 
 def attention(
@@ -266,14 +290,18 @@ def attention(
     q: `[B, L_q, H, D]` queries.
     k, v: `[B, L_kv, H, D]` keys and values.
     implementation: 'xla' (one fused XLA computation, forms `[B, H, L_q, L_kv]` logits),
-      'chunked' (query chunks one after another, so at most `[B, H, chunk, L_kv]` logits exist at
-      once), 'cudnn' (GPU flash attention, no logits in memory; bf16/fp16 inputs, head width a
-      multiple of 8 and <= 256 on Hopper; float32 inputs fall back to 'auto'), or 'auto'
-      ('xla' when the logits block is small, 'chunked' otherwise; "small" is about 32M elements
-      on accelerators and 1M (4 MB, cache-sized) on CPU, where query chunks that stay in cache
-      are ~3x faster than one large block: SD's 32x32 self-attention, 8 x 1024 x 1024 logits).
+      'chunked' (query chunks one after another, so only one chunk's logits exist at once: on
+      accelerators `[B, H, chunk, L_kv]`; on CPU one sample at a time, `[1, H, chunk, L_kv]`),
+      'cudnn' (GPU flash attention, no logits in memory; bf16/fp16 inputs, head width a multiple
+      of 8 and <= 256 on Hopper; float32 inputs fall back to 'auto'), or 'auto'. 'auto' is 'xla'
+      when the logits block is small and 'chunked' otherwise. "Small" is about 32M elements on
+      accelerators. On CPU it is 1M elements per sample (4 MB) and 8M for the batch, and a
+      chunk holds at most 2M: cache-sized blocks are 2-3x faster than one large block there
+      (SD's 32x32 self-attention at batch 8, 8 heads x 1024 x 1024 logits per sample, on a
+      2-core EPYC: about 66 ms in steps of one sample and 256 queries, 116-124 ms in 16-query
+      chunks over the whole batch, 210-230 ms unchunked).
     query_chunk_size: queries per chunk for 'chunked' (default: the largest power of two that
-      keeps a chunk's logits within the 'auto' limit above).
+      keeps a chunk's logits within the limit above).
 
   Returns:
     `[B, L_q, H, D]` in the dtype of `q`.
@@ -288,20 +316,24 @@ def attention(
     if q.dtype in (jnp.bfloat16, jnp.float16):
       return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
     implementation = "auto"  # cuDNN flash attention takes half precision only
-  limit = _MAX_LOGITS_ELEMENTS_CPU if jax.default_backend() == "cpu" else _MAX_LOGITS_ELEMENTS
+  on_cpu = jax.default_backend() == "cpu"
   if implementation == "auto":
-    implementation = "xla" if b * h * lq * lk <= limit else "chunked"
+    if on_cpu:
+      small = h * lq * lk <= _CPU_SAMPLE_LOGITS and b * h * lq * lk <= _CPU_BATCH_LOGITS
+    else:
+      small = b * h * lq * lk <= _MAX_LOGITS_ELEMENTS
+    implementation = "xla" if small else "chunked"
   # Heads-major operands, transposed once (not once per query chunk).
   qt = jnp.transpose(q * jnp.asarray(1.0 / math.sqrt(d), q.dtype), (0, 2, 1, 3))
   kt = jnp.transpose(k, (0, 2, 3, 1))
   vt = jnp.transpose(v, (0, 2, 1, 3))
-  chunk = lq if implementation == "xla" else _query_chunk(b, h, lq, lk, limit, query_chunk_size)
-  if chunk == lq:
+  if implementation == "xla":
     out = _attention_core(qt, kt, vt)
   else:
-    q_chunks = jnp.moveaxis(qt.reshape(b, h, lq // chunk, chunk, d), 2, 0)
-    out = jax.lax.map(lambda qc: _attention_core(qc, kt, vt), q_chunks)  # [n, B, H, chunk, D]
-    out = jnp.moveaxis(out, 0, 2).reshape(b, h, lq, d)
+    samples = 1 if on_cpu else b
+    limit = _CPU_STEP_LOGITS if on_cpu else _MAX_LOGITS_ELEMENTS
+    chunk = _query_chunk(samples * h * lk, lq, limit, query_chunk_size)
+    out = _chunked_attention(qt, kt, vt, samples, chunk)
   return jnp.transpose(out, (0, 2, 1, 3)).astype(q.dtype)
 
 

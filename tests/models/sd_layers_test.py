@@ -191,6 +191,21 @@ def test_chunked_attention_bounds_the_logits_block():
   assert temp_bytes("chunked") < full_logits / 2
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the per-sample steps are CPU's")
+def test_chunked_attention_on_cpu_runs_one_sample_at_a_time():
+  """On CPU a chunk step holds one sample's [H, chunk, L_kv] logits, not the whole batch's."""
+  q = jax.ShapeDtypeStruct((4, 1024, 2, 8), jnp.float32)
+  fn = lambda q, k, v: sd_layers.attention(q, k, v, implementation="chunked", query_chunk_size=128)
+  temp = jax.jit(fn).lower(q, q, q).compile().memory_analysis().temp_size_in_bytes
+  batch_chunk_logits = 4 * 2 * 128 * 1024 * 4  # what a batch-wide chunk would hold
+  assert temp < batch_chunk_logits * 0.6  # one sample's logits and exponentials, and the outputs
+  kq, kk, kv = jax.random.split(jax.random.key(5), 3)
+  q, k, v = (jax.random.normal(key, (3, 64, 2, 8)) for key in (kq, kk, kv))
+  ref = jnp.einsum("bhqk,bkhd->bqhd", sd_layers.attention_probabilities(q, k), v)
+  out = sd_layers.attention(q, k, v, implementation="chunked", query_chunk_size=16)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-6)
+
+
 def test_attention_rejects_unknown_implementation():
   x = jnp.zeros((1, 4, 1, 8))
   with pytest.raises(ValueError, match="flash"):
