@@ -8,10 +8,12 @@ poses, crop camera f = 5000 px, 64 px rendered crops, noisy BODY_25 detections);
 steps); refinement of keypoint fitting, multi-view (32 people x 4 views) and video (8 x 32
 frames) next to the regressor and the optimisation baseline of each task.
 Runtime: 535 s and 539 s measured on the 2-core CPU (load about 2) from a fresh clone (regressor
-~3.5 min, score model ~3.5 min, refinement + baselines ~1 min); 798 s with another job beside it.
-Target (measured, seed 0, the same results.md twice; table in README.md): PA-MPJPE keypoint
-fitting regressor 131.9 -> baseline 90.8 / ScoreHMR 89.4 mm; multi-view 138.0 -> 55.2 / 48.5 mm;
-video 93.4 -> 56.3 / 57.0 mm with acceleration error 109.2 -> 52.3 / 47.3 mm/frame^2. ScoreHMR
+~3.5 min, score model ~3.5 min, refinement + baselines ~1 min); 798 s with another job beside it;
+340 s on a faster 2-core machine (AMD EPYC family 26).
+Target (measured, seed 0, the same results.md twice on one machine; table in README.md):
+PA-MPJPE keypoint fitting regressor 131.9 -> baseline 90.8 / ScoreHMR 89.4 mm; multi-view 138.0
+-> 55.2 / 48.5 mm; video 93.4 -> 56.3 / 57.0 mm with acceleration error 109.2 -> 52.3 / 47.3
+mm/frame^2. Another CPU gives another table (up to 8 mm apart; README.md has both). ScoreHMR
 does not beat the baseline in every task at this budget (README.md says why).
 
 Stages (`--config.stage`): all (default), train, evaluate (refines with the models trained in
