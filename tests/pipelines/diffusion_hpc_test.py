@@ -315,8 +315,8 @@ def test_hardness_filter_skips_easy_guides_and_counts_them(components):
 def test_beam_preparation_with_the_direct_runner(tmp_path, components):
   beam = pytest.importorskip(
     "apache_beam",
-    reason="apache_beam is not in the venv: pip would downgrade pillow, protobuf and pyarrow "
-    "of the shared environment to install it",
+    reason="apache_beam is not in the venv (the 'beam' extra, kept out of 'test' because it "
+    "downgrades pillow, protobuf and pyarrow: pip install -e '.[test,beam]')",
   )
   config = _config()
   config.generate.guides = _write_guides(tmp_path, _guides(3))
