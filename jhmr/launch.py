@@ -5,6 +5,8 @@ from `PROGRAMS` and `config.stage` (default `all`) one of its stages (`jhmr.pipe
 every stage is an importable `fn(config, workdir)` that notebooks call directly.
 This is the only module that touches environment variables or `jax.config`. Multi-host: pass
 `--jax_distributed` (auto-detected on SLURM / TPU pods, or give the coordinator flags).
+orbax-checkpoint's INFO logs (about 30 lines per checkpoint save) are hidden unless
+`--library_logs` (`jhmr.log_filters`); warnings and errors always show.
 """
 
 import os
@@ -21,6 +23,12 @@ _DISTRIBUTED = flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port (else auto-detect).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes (else auto-detect).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (else auto-detect).")
+_LIBRARY_LOGS = flags.DEFINE_bool(
+  "library_logs",
+  False,
+  "Show the INFO logs of jhmr.log_filters.QUIET_LIBRARIES (orbax-checkpoint: about 30 lines per "
+  "checkpoint save). Hidden by default; their warnings and errors always show.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -83,6 +91,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # tfds may import TF: keep it quiet
+  if not _LIBRARY_LOGS.value:
+    from jhmr.log_filters import quiet_library_logs
+
+    quiet_library_logs()
   import jax
 
   jax.config.update("jax_threefry_partitionable", True)  # same random bits on any mesh
