@@ -51,6 +51,25 @@ def cpu() -> str:
   )
 
 
+def clip_text_config(name: str):
+  """The transformers `CLIPTextConfig` of a Stable Diffusion text encoder, for random weights:
+  'clip_l' (CLIP ViT-L/14 text, SD 1.x: 768 wide, 12 layers) or 'openclip_h' (OpenCLIP
+  ViT-H/14 text, SD 2: 1024 wide, 23 layers as SD 2 uses it)."""
+  import transformers
+
+  if name == "clip_l":
+    return transformers.CLIPTextConfig(
+      hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+      projection_dim=768, hidden_act="quick_gelu",
+    )  # fmt: skip
+  if name == "openclip_h":
+    return transformers.CLIPTextConfig(
+      hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+      projection_dim=512, hidden_act="gelu", bos_token_id=0, eos_token_id=2, pad_token_id=1,
+    )  # fmt: skip
+  raise ValueError(f"unknown CLIP text config {name!r}: 'clip_l' or 'openclip_h'")
+
+
 def peak_rss_gb() -> float:
   """This process's peak resident memory in GiB (ru_maxrss is KiB on Linux)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

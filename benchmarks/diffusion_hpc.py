@@ -52,7 +52,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import block, print_table  # noqa: E402
+from common import block, clip_text_config, print_table  # noqa: E402
 
 CMU_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 CMU_ROOT = os.path.normpath(os.path.join(CMU_ROOT, "cmu_mocap"))
@@ -218,16 +218,7 @@ def _build(component: str):
     from jhmr.convert import clip_text as C
     from jhmr.models.clip_text import CLIPTextModel
 
-    if component == "clip_l":
-      cfg = transformers.CLIPTextConfig(
-        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        projection_dim=768, hidden_act="quick_gelu",
-      )  # fmt: skip
-    else:
-      cfg = transformers.CLIPTextConfig(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-        projection_dim=512, hidden_act="gelu", bos_token_id=0, eos_token_id=2, pad_token_id=1,
-      )  # fmt: skip
+    cfg = clip_text_config(component)
     ref = transformers.CLIPTextModel(cfg).eval()
     config = C.clip_text_config_from_transformers(ref.config.to_dict())
     params = C.convert_clip_text_state_dict(ref.state_dict(), config)

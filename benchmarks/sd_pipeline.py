@@ -22,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, time_call  # noqa: E402
+from common import clip_text_config, print_table, time_call  # noqa: E402
 
 
 def _tokenizer(tmp):
@@ -119,7 +119,7 @@ def case_clip(args):
   from jhmr.models.clip_text import CLIPTextModel
 
   torch.manual_seed(0)
-  ref = transformers.CLIPTextModel(transformers.CLIPTextConfig()).eval()
+  ref = transformers.CLIPTextModel(clip_text_config("clip_l")).eval()
   config = C.clip_text_config_from_transformers(ref.config.to_dict())
   params = jax.tree.map(jnp.asarray, C.convert_clip_text_state_dict(ref.state_dict(), config))
   ids = np.random.default_rng(0).integers(0, 49407, (2, 77))
