@@ -62,7 +62,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import free_gb, load, peak_rss_gb, print_table  # noqa: E402
+from common import cpu, free_gb, load, peak_rss_gb, print_table  # noqa: E402
 
 PAPER_TOTAL, PAPER_TRAINABLE = 1_426_300_000, 408_900_000  # paper Table 5 ("DPMesh (Ours)")
 RELEASED_AWL_WEIGHTS = 9  # AutomaticWeightedLoss(9) of the released code (research/dpmesh.md §12)
@@ -70,7 +70,7 @@ CASES = {"fwd1": ("fwd", 1), "fwd8": ("fwd", 8), "train1": ("train", 1), "train8
 
 
 def machine(tag: str) -> None:
-  print(f"# {tag}: load average {load()} on {os.cpu_count()} cores; memory {free_gb()}", flush=True)
+  print(f"# {tag}: load average {load()}; CPU {cpu()}; memory {free_gb()}", flush=True)
 
 
 def count(tree) -> int:
