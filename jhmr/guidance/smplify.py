@@ -105,8 +105,11 @@ def angle_prior(pose):
   return sum(terms)
 
 
-def objective(variables, obs: Observation, body_model, init6d, config: SmplifyConfig):
-  """(total scalar, per-sample keypoint loss [B]) of the per-row variables (no temporal term)."""
+def objective(
+  variables, obs: Observation, body_model, init6d, config: SmplifyConfig, pose_prior=None
+):
+  """(total scalar, per-sample keypoint loss [B]) of the per-row variables (no temporal term);
+  `pose_prior` (a pytree callable, rotations [B, 24, 3, 3] -> [B]) adds its per-sample term."""
   x0, betas, cam = variables["pose"], variables["betas"], variables["cam_t"]
   kp = config.keypoint(
     body_model,
@@ -122,6 +125,8 @@ def objective(variables, obs: Observation, body_model, init6d, config: SmplifyCo
   prior = config.pose_weight * jnp.sum(jnp.square(x0 - init6d), axis=-1)
   prior += config.angle_weight * angle_prior(rot6d_pose(x0))
   prior += config.betas_weight * jnp.sum(jnp.square(betas - obs.init_betas), axis=-1)
+  if pose_prior is not None:
+    prior += pose_prior(rot6d_pose(x0))
   return jnp.sum(kp + prior), kp
 
 
@@ -167,16 +172,20 @@ def _per_row(variables, group, task: str):
   return variables
 
 
-def task_objective(variables, obs: Observation, body_model, init6d, config: SmplifyConfig, task):
+def task_objective(
+  variables, obs: Observation, body_model, init6d, config: SmplifyConfig, task, pose_prior=None
+):
   """(total scalar, per-row keypoint loss [B]) of `task`'s optimised variables."""
   rows = _per_row(variables, obs.group, task)
-  total, kp = objective(rows, obs, body_model, init6d, config)
+  total, kp = objective(rows, obs, body_model, init6d, config, pose_prior)
   if task == "video" and config.smooth_weight:
     total += config.smooth_weight * jnp.sum(TemporalLoss()(rows["pose"], obs.group))
   return total, kp
 
 
-def _fit(obs: Observation, body_model, config: SmplifyConfig, task: str) -> SmplifyResult:
+def _fit(
+  obs: Observation, body_model, config: SmplifyConfig, task: str, pose_prior=None
+) -> SmplifyResult:
   b = obs.init_pose.shape[0]
   init6d = jnp.reshape(rotations.matrix_to_rot6d(obs.init_pose), (b, -1))
   variables = _initial_variables(obs, init6d, task)
@@ -190,7 +199,7 @@ def _fit(obs: Observation, body_model, config: SmplifyConfig, task: str) -> Smpl
 
   def step(state, _):
     variables, opt_state = state
-    (loss, _), grads = grad_fn(variables, obs, body_model, init6d, config, task)
+    (loss, _), grads = grad_fn(variables, obs, body_model, init6d, config, task, pose_prior)
     updates, opt_state = optimizer.update(grads, opt_state, variables)
     return (optax.apply_updates(variables, updates), opt_state), loss
 
@@ -211,7 +220,11 @@ _fit_jit = jax.jit(_fit, static_argnames=("config", "task"))
 
 
 def fit(
-  obs: Observation, *, task: Task = "keypoints", config: SmplifyConfig | None = None
+  obs: Observation,
+  *,
+  task: Task = "keypoints",
+  config: SmplifyConfig | None = None,
+  pose_prior=None,
 ) -> SmplifyResult:
   """Fits `obs.keypoints_2d` from `obs`'s initial estimate (same inputs as `refine`).
 
@@ -221,6 +234,10 @@ def fit(
       share the body pose and betas; every person needs >= 2 views) or 'video' (the frames of a
       sequence, `obs.group`, consecutive rows in time order, are smoothed with `smooth_weight`).
     config: `SmplifyConfig()` by default.
+    pose_prior: an optional learned pose prior added to every row's objective: a pytree
+      callable, rotations [B, 24, 3, 3] -> per-row penalty [B] (e.g.
+      `jhmr.models.vposer.VPoserPrior`, SMPLify-X's VPoser latent-norm prior). Its arrays are
+      traced, so a new weight or new variables do not recompile.
 
   Returns:
     `SmplifyResult`. Compiles once per (shapes, config, task).
@@ -255,4 +272,6 @@ def fit(
   if config.keypoint.joint_set in body_model.joint_sets:
     valid = body_model.joint_sets[config.keypoint.joint_set].valid
     obs = obs.replace(confidence=obs.confidence * valid)
-  return _fit_jit(obs.replace(body_model=None), body_model, config=config, task=task)
+  return _fit_jit(
+    obs.replace(body_model=None), body_model, config=config, task=task, pose_prior=pose_prior
+  )

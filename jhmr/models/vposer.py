@@ -40,6 +40,7 @@ import functools
 from collections.abc import Callable
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -268,6 +269,31 @@ def hardness(variables, pose_body, key, *, model: VPoser = DEFAULT_MODEL):
   the same scores."""
   z = sample_latent(variables, pose_body, key, model=model)
   return jnp.sum(jnp.square(z), axis=-1)
+
+
+@flax.struct.dataclass
+class VPoserPrior:
+  """VPoser as a pose prior for fitting: `weight * ||mu(theta_body)||^2` per sample, mu the
+  encoder mean of q(z | theta_body) (the latent-norm prior of SMPLify-X, which optimises z
+  itself; here the fitted pose stays the variable and the encoder maps it to z).
+
+  `__call__(pose [B, 24, 3, 3] rotation matrices, root first) -> [B]`. A pytree (the variables
+  and the weight are leaves, the module is static), so it passes through `jax.jit` as an
+  argument: `jhmr.guidance.smplify.fit(obs, pose_prior=VPoserPrior(...))`.
+  """
+
+  variables: dict
+  weight: jnp.ndarray | float = 1.0
+  model: VPoser = flax.struct.field(pytree_node=False, default=DEFAULT_MODEL)
+
+  def __call__(self, pose: jnp.ndarray) -> jnp.ndarray:
+    if pose.ndim != 4 or pose.shape[-2:] != (3, 3) or pose.shape[1] < NUM_JOINTS + 1:
+      raise ValueError(
+        f"VPoserPrior needs SMPL rotations [B, 24, 3, 3] (root first), got shape {pose.shape}"
+      )
+    body = rotations.matrix_to_axis_angle(pose[:, 1 : NUM_JOINTS + 1])
+    mu, _ = self.model.apply(self.variables, body, method=VPoser.encode)
+    return self.weight * jnp.sum(jnp.square(mu), axis=-1)
 
 
 def is_hard(score, tau: float = HARDNESS_THRESHOLD):

@@ -456,7 +456,7 @@ def generate_batch(settings, comps: Components, ids, guides: Guides, num_real: i
         "guides file)"
       )
     aa, betas, cam_t = _fit_to_keypoints(
-      comps.body_model, settings, rotmat, betas, cam_t, guides.keypoints[ids], usable, focal
+      comps, settings, rotmat, betas, cam_t, guides.keypoints[ids], usable, focal
     )
   body = (aa[:, 0], aa[:, 1:], betas, cam_t)
   score = np.asarray(
@@ -522,10 +522,12 @@ def generate_batch(settings, comps: Components, ids, guides: Guides, num_real: i
   return out, skipped
 
 
-def _fit_to_keypoints(body_model, settings, rotmat, betas, cam_t, keypoints, usable, focal):
+def _fit_to_keypoints(comps: Components, settings, rotmat, betas, cam_t, keypoints, usable, focal):
   """The estimates fitted to the guides' 2D keypoints (`jhmr.guidance.smplify.fit`, task
-  'keypoints', started from the estimate, `settings.fit_pose_weight` pulling towards it) ->
-  (axis-angle [B, 24, 3], betas, cam_t). Rows that are not `usable` keep the estimate."""
+  'keypoints', started from the estimate, `settings.fit_pose_weight` pulling towards it; with
+  `settings.fit_vposer_weight` > 0 the pipeline's VPoser is also a pose prior,
+  `vposer.VPoserPrior`) -> (axis-angle [B, 24, 3], betas, cam_t). Rows that are not `usable`
+  keep the estimate."""
   from jhmr.guidance import smplify  # noqa: PLC0415
   from jhmr.guidance.observation import Observation  # noqa: PLC0415
 
@@ -535,10 +537,14 @@ def _fit_to_keypoints(body_model, settings, rotmat, betas, cam_t, keypoints, usa
     return rotations.matrix_to_axis_angle(jnp.asarray(rotmat)), betas, cam_t
   obs = Observation.create(
     rotmat, np.asarray(betas), np.asarray(cam_t), np.nan_to_num(keypoints[..., :2]),
-    confidence, image_size=(g, g), focal_length=focal, body_model=body_model,
+    confidence, image_size=(g, g), focal_length=focal, body_model=comps.body_model,
   )  # fmt: skip
   config = smplify.SmplifyConfig(pose_weight=float(settings.get("fit_pose_weight", 1500.0)))
-  fitted = smplify.fit(obs, config=config)
+  vposer_weight = float(settings.get("fit_vposer_weight", 0.0))
+  prior = None
+  if vposer_weight > 0:
+    prior = vposer_lib.VPoserPrior(comps.vposer_variables, vposer_weight, comps.vposer)
+  fitted = smplify.fit(obs, config=config, pose_prior=prior)
   keep = jnp.asarray(usable)
   pick = lambda new, old: jnp.where(keep.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
   pose = pick(fitted.pose, jnp.asarray(rotmat))

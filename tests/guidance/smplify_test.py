@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,6 +69,38 @@ def test_pose_prior_holds_the_initial_estimate(problem):
   assert moved(strong) < 0.5 * moved(weak)
   fixed = smplify.fit(obs, config=smplify.SmplifyConfig(num_steps=10, optimize_betas=False))
   np.testing.assert_array_equal(fixed.betas, obs.init_betas)
+
+
+@flax.struct.dataclass
+class _TowardsIdentity:
+  """A pose prior of the `pose_prior` form: weight * ||R_j - I||^2 over joints 1..23."""
+
+  weight: float
+
+  def __call__(self, pose):
+    return self.weight * jnp.sum(jnp.square(pose[:, 1:] - jnp.eye(3)), axis=(1, 2, 3))
+
+
+def test_pose_prior_enters_the_objective(problem, tiny_body):
+  obs, _ = problem
+  plain = smplify.fit(obs, config=CONFIG)
+  np.testing.assert_array_equal(smplify.fit(obs, config=CONFIG, pose_prior=None).pose, plain.pose)
+  held = smplify.fit(obs, config=CONFIG, pose_prior=_TowardsIdentity(1e4))
+  term = lambda r: np.asarray(_TowardsIdentity(1.0)(r.pose))
+  assert np.all(term(held) < 0.5 * term(plain))
+  # the prior is a traced argument: its value is the objective's, and a new weight reuses the
+  # compiled fit
+  init6d = jnp.reshape(rotations.matrix_to_rot6d(obs.init_pose), (4, 144))
+  variables = {"pose": init6d, "betas": obs.init_betas, "cam_t": obs.init_cam_t}
+  total = lambda prior: smplify.objective(variables, obs, tiny_body, init6d, CONFIG, prior)[0]
+  np.testing.assert_allclose(
+    total(_TowardsIdentity(3.0)) - total(None),
+    np.sum(_TowardsIdentity(3.0)(obs.init_pose)),
+    rtol=1e-4,
+  )
+  compiled = smplify._fit_jit._cache_size()
+  smplify.fit(obs, config=CONFIG, pose_prior=_TowardsIdentity(2e4))
+  assert smplify._fit_jit._cache_size() == compiled
 
 
 def test_angle_prior_penalises_the_unnatural_bend():

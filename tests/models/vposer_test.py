@@ -13,6 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from jhmr.convert.common import ConversionError
 from jhmr.convert.vposer import convert_vposer, load_vposer
+from jhmr.geometry import rotations
 from jhmr.models import vposer as vp
 from jhmr.models.vposer import VPoser
 
@@ -193,6 +194,24 @@ def test_hardness_is_one_seeded_sample(oracle):
   assert score.shape == (16,)
   np.testing.assert_array_equal(vp.is_hard(np.array([29.0, 30.0, 30.5])), [False, False, True])
   np.testing.assert_array_equal(vp.is_hard(np.array([5.0, 12.0]), tau=10), [False, True])
+
+
+def test_vposer_prior_is_the_weighted_encoder_mean_norm(oracle):
+  tv, _, variables = oracle
+  x = _poses(6, seed=5, scale=0.6)
+  root = np.zeros((6, 1, 3), np.float32)
+  hands = np.random.default_rng(6).normal(scale=0.5, size=(6, 2, 3)).astype(np.float32)
+  full = np.concatenate([root, x.reshape(6, 21, 3), hands], 1)  # [6, 24, 3], root first
+  pose = rotations.axis_angle_to_matrix(jnp.asarray(full))
+  prior = vp.VPoserPrior(variables, 2.5)
+  with torch.no_grad():
+    mu = tv.encoder_net(torch.from_numpy(x)).mean.numpy()
+  np.testing.assert_allclose(prior(pose), 2.5 * np.sum(mu**2, -1), rtol=1e-4)
+  # a pytree: the weight and the variables are traced leaves, the module is static
+  doubled = jax.jit(lambda p, r: p(r))(prior.replace(weight=5.0), pose)
+  np.testing.assert_allclose(doubled, 2 * np.asarray(prior(pose)), rtol=1e-5)
+  with pytest.raises(ValueError, match=r"\[B, 24, 3, 3\]"):
+    prior(pose[:, :10])
 
 
 def test_latent_multiplier_statistics():

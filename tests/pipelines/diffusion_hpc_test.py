@@ -20,6 +20,8 @@ from jhmr.body import load_body_model
 from jhmr.data.diffusion_hpc_synthetic import shards
 from jhmr.diffusion import schedulers as S
 from jhmr.errors import InputError
+from jhmr.geometry import rotations
+from jhmr.models import vposer as vposer_lib
 from jhmr.models.vposer import VPoser
 from jhmr.pipelines import diffusion_hpc as hpc
 from jhmr.pipelines import diffusion_hpc_generate as gen
@@ -449,6 +451,18 @@ def test_fit_keypoints_moves_the_estimate_onto_the_guides_keypoints(components):
   )
   assert error(fitted)[seen].mean() < 0.6 * error(plain)[seen].mean()
   assert not np.allclose(fitted["body_pose"], plain["body_pose"])
+  # with the VPoser prior the fit ends at poses VPoser finds more plausible (smaller ||mu||^2)
+  prior = vposer_lib.VPoserPrior(components.vposer_variables, 1.0, components.vposer)
+
+  def prior_of(out):
+    aa = np.concatenate([out["global_orient"][:, None], out["body_pose"]], 1)
+    return np.asarray(prior(rotations.axis_angle_to_matrix(jnp.asarray(aa))))
+
+  held, _ = gen.generate_batch(
+    _config(num_augmentations=1, fit_keypoints=True, fit_vposer_weight=1e4).generate,
+    components, [0, 1], with_kp,
+  )  # fmt: skip
+  assert np.all(prior_of(held) < 0.5 * prior_of(fitted))
   with pytest.raises(InputError, match="needs the guides' 2D keypoints"):
     gen.generate_batch(
       _config(num_augmentations=1, fit_keypoints=True).generate, components, [0, 1], guides
