@@ -4,14 +4,17 @@ and what would true labels give?
   .venv/bin/python benchmarks/diffusion_hpc_labels.py --workdir runs/hpc --seed 0
   options: --vposer-weights 0,100,1000 (the fit's VPoser prior, generate.fit_vposer_weight)
            --oracle (also fine-tune and evaluate with the guides' TRUE bodies as the labels)
+           --no-guides-finetuned (skip the rows of generate.estimator='guides_finetuned')
 
 Needs a finished default-job workdir of the same seed (`python -m jhmr.launch --config
 configs/diffusion_hpc.py --workdir runs/hpc --config.seed=0`): its easy HMR, VPoser and guides.
 
-Labels: for each VPoser-prior weight, the pairs' labels (augmentation 0: the easy HMR's estimate
-of each guide fitted to its 2D keypoints, as the job makes them) against the guides' true 3D
-joints (MPJPE, PA-MPJPE, mm; the method never sees these), and the labels' VPoser hardness
-(median ||z||^2; the true poses' median is printed first).
+Labels: the pairs' labels (augmentation 0: an HMR's estimate of each guide, fitted to its 2D
+keypoints or not, as the job makes them) against the guides' true 3D joints (MPJPE, PA-MPJPE,
+mm; the method never sees these), and the labels' VPoser hardness (median ||z||^2; the true
+poses' median is printed first). Estimators: the easy HMR (generate.estimator='start'), with the
+fit at each VPoser-prior weight; and the HMR fine-tuned on the guides alone (the workdir's
+finetune_guides_only, generate.estimator='guides_finetuned').
 
 Oracle (--oracle): a diagnostic, not the method. The workdir is copied to <workdir>_oracle
 without its generated pairs and their fine-tunings; the pairs are generated again with an
@@ -80,6 +83,7 @@ def main() -> None:
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--vposer-weights", default="0,100,1000")
   ap.add_argument("--oracle", action="store_true")
+  ap.add_argument("--no-guides-finetuned", dest="guides_finetuned", action="store_false")
   args = ap.parse_args()
 
   import jax
@@ -115,11 +119,26 @@ def main() -> None:
   raw.fit_keypoints = False
   mp, pa, h, *_ = label_errors(ctx, comps, guides, raw, truth)
   print(f"| easy HMR estimate, no fit | {mp:.1f} | {pa:.1f} | {h:.1f} |")
-  for w in (float(x) for x in args.vposer_weights.split(",")):
+  weights = [float(x) for x in args.vposer_weights.split(",")]
+  for w in weights:
     s = g.copy_and_resolve_references()
     s.fit_keypoints, s.fit_vposer_weight = True, w
     mp, pa, h, *_ = label_errors(ctx, comps, guides, s, truth)
     print(f"| keypoint fit, fit_vposer_weight {w:g} | {mp:.1f} | {pa:.1f} | {h:.1f} |")
+  if args.guides_finetuned:
+    _, tuned = hpc.finetune(ctx, workdir, synthetic_half="guides_only")
+    adapted = gen.Components(
+      gen.Estimator(hmr, tuned, config.data.image_size, "jhmr"), vp, vp_vars, ctx.body_model
+    )
+    s = g.copy_and_resolve_references()
+    s.fit_keypoints = False
+    mp, pa, h, *_ = label_errors(ctx, adapted, guides, s, truth)
+    print(f"| guides-only fine-tuned HMR estimate, no fit | {mp:.1f} | {pa:.1f} | {h:.1f} |")
+    for w in weights:
+      s.fit_keypoints, s.fit_vposer_weight = True, w
+      mp, pa, h, *_ = label_errors(ctx, adapted, guides, s, truth)
+      name = f"guides-only fine-tuned HMR estimate, keypoint fit, fit_vposer_weight {w:g}"
+      print(f"| {name} | {mp:.1f} | {pa:.1f} | {h:.1f} |")
 
   if args.oracle:
     focal = gen.image_focal(g, g.image_size)

@@ -363,6 +363,7 @@ def generate(config, workdir, *, process_index=None, process_count=None, compone
       estimator = gen.Estimator(hmr, variables, config.data.image_size, "jhmr")
     else:
       raise InputError(f"generate.generator must be 'render' or 'sd', got {g.generator!r}")
+    estimator = _adapted_estimator(ctx, estimator)
     components = gen.Components(estimator, vp, vp_vars, ctx.body_model, text_sd, depth_sd)
   counts = gen.run_generation(
     g, components, guides, ctx.workdir / GENERATED, process_index=pi, process_count=pc,
@@ -372,6 +373,28 @@ def generate(config, workdir, *, process_index=None, process_count=None, compone
   with atomic_path(ctx.workdir / f"generate_counts_{pi:03d}.json") as tmp:
     pathlib.Path(tmp).write_text(json.dumps(counts, indent=1))
   return counts
+
+
+ESTIMATORS = ("start", "guides_finetuned")
+
+
+def _adapted_estimator(ctx: _Context, start: gen.Estimator) -> gen.Estimator:
+  """The HMR that estimates the guides' bodies (`generate.estimator`): 'start', the one
+  fine-tuning starts from (the easy HMR; SPIN for generator 'sd': the paper's); or
+  'guides_finetuned', that HMR after the guides-only fine-tuning (workdir/finetune_guides_only,
+  the job's baseline, trained here first when absent): adapted to the guides' domain by their
+  own 2D keypoints, so the pairs use no information the baseline does not have."""
+  choice = ctx.config.generate.get("estimator", "start")
+  if choice not in ESTIMATORS:
+    raise InputError(f"generate.estimator must be one of {ESTIMATORS}, got {choice!r}")
+  if choice == "start":
+    return start
+  logging.info(
+    "diffusion_hpc generate: the guides are estimated by the HMR fine-tuned on them alone "
+    "(generate.estimator='guides_finetuned', workdir/%s)", FINETUNE_FOLDERS["guides_only"]
+  )  # fmt: skip
+  _, variables = finetune(ctx, ctx.workdir, synthetic_half="guides_only")
+  return dataclasses.replace(start, variables=variables)
 
 
 def synthetic_source(workdir, crop_size: int, num_betas=None, beam_runner=None):
@@ -700,7 +723,9 @@ def _report(config, results, stats, domains, hard_pa) -> str:
     f"Generator: **{g.generator}**. " + gen.describe(g) + ".",
     "",
     f"Generated examples: {stats['examples']} ({g.num_augmentations} per kept guide, "
-    f"augmentation '{g.augment_variant}'; labels: the HMR estimate of the guide"
+    f"augmentation '{g.augment_variant}'; labels: the "
+    f"{'guides-only fine-tuned ' if g.get('estimator', 'start') == 'guides_finetuned' else ''}"
+    f"HMR's estimate of the guide"
     f"{', fitted to its 2D keypoints' if g.get('fit_keypoints', False) else ''}); "
     f"skipped guides: {stats['skipped'] or 'none'}; "
     f"estimate hardness mean {stats['estimate_hardness_mean']:.1f}, "

@@ -469,6 +469,28 @@ def test_fit_keypoints_moves_the_estimate_onto_the_guides_keypoints(components):
     )
 
 
+def test_generation_estimator_can_be_the_guides_only_fine_tuned_hmr(tmp_path, monkeypatch):
+  start = gen.Estimator("hmr", {"params": "easy"}, G, "jhmr")
+  calls = []
+
+  def guides_only(ctx, workdir, *, synthetic_half="generated"):
+    calls.append((synthetic_half, pathlib.Path(workdir)))
+    return "hmr", {"params": "guides"}
+
+  monkeypatch.setattr(hpc, "finetune", guides_only)
+  ctx = hpc._context(_config(estimator="start"), tmp_path)
+  assert hpc._adapted_estimator(ctx, start) is start and not calls
+  assert hpc_config.get_config().generate.estimator == "guides_finetuned"  # the default
+  assert hpc_config.get_config("paper").generate.estimator == "start"  # the paper's SPIN
+  ctx = hpc._context(_config(estimator="guides_finetuned"), tmp_path)
+  adapted = hpc._adapted_estimator(ctx, start)
+  assert calls == [("guides_only", tmp_path)]  # the job's own baseline run (restored if done)
+  assert adapted.variables == {"params": "guides"}
+  assert (adapted.model, adapted.input_size, adapted.normalisation) == ("hmr", G, "jhmr")
+  with pytest.raises(InputError, match="generate.estimator must be one of"):
+    hpc._adapted_estimator(hpc._context(_config(estimator="best"), tmp_path), start)
+
+
 def test_bad_guide_keypoints_raise_clear_errors():
   good = _guides(2)
   kp = np.zeros((2, 25, 3), np.float32)
