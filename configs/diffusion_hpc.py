@@ -68,7 +68,9 @@ enough.
 
 Stages (`--config.stage`): all (default), generate, finetune, evaluate. Multi-host generation:
 every process runs `generate` (`--jax_distributed`), writing the shards p, p + P, ...; then one
-process runs `finetune` / `evaluate`.
+process runs `finetune` / `evaluate`. With generate.estimator='guides_finetuned' `generate` first
+trains (or restores) the guides-only fine-tuning, in every process; the shards record that
+fine-tuning's settings, so resuming with other ones is refused, as for any generation setting.
 
 Variants (`--config configs/diffusion_hpc.py:<variant>`):
   tiny   seconds-scale smoke run used by the tests (32 px, tiny networks, a few steps).

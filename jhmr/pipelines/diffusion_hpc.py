@@ -365,9 +365,12 @@ def generate(config, workdir, *, process_index=None, process_count=None, compone
       raise InputError(f"generate.generator must be 'render' or 'sd', got {g.generator!r}")
     estimator = _adapted_estimator(ctx, estimator)
     components = gen.Components(estimator, vp, vp_vars, ctx.body_model, text_sd, depth_sd)
+  identity = {"seed": config.seed, "data": config.data.to_dict()}
+  if g.get("estimator", "start") == "guides_finetuned":  # that training decides the labels too
+    identity["estimator_finetune"] = config.finetune.to_dict()
   counts = gen.run_generation(
     g, components, guides, ctx.workdir / GENERATED, process_index=pi, process_count=pc,
-    identity={"seed": config.seed, "data": config.data.to_dict()},
+    identity=identity,
   )  # fmt: skip
   logging.info("diffusion_hpc generate (process %d of %d): %s", pi, pc, counts)
   with atomic_path(ctx.workdir / f"generate_counts_{pi:03d}.json") as tmp:

@@ -274,6 +274,18 @@ def test_resume_keeps_valid_shards_and_regenerates_a_corrupted_one(tmp_path, com
   with pytest.raises(InputError, match="other settings"):
     hpc.generate(config, tmp_path, process_index=0, process_count=1, components=components)
   assert first.stat().st_mtime_ns == kept
+  # with the guides-only fine-tuned estimator its training decides the labels: refused too
+  config.generate.num_augmentations = 2
+  assert config.generate.estimator == "guides_finetuned"
+  config.finetune.trainer.train.steps += 1
+  with pytest.raises(InputError, match="other settings"):
+    hpc.generate(config, tmp_path, process_index=0, process_count=1, components=components)
+  config.generate.estimator = "start"  # the easy HMR's estimates do not depend on it
+  other = tmp_path / "start"
+  hpc.generate(config, other, process_index=0, process_count=1, components=components)
+  config.finetune.trainer.train.steps += 1
+  counts = hpc.generate(config, other, process_index=0, process_count=1, components=components)
+  assert counts["reused"] == 2
 
 
 def _saved(tmp_path, data: bytes) -> pathlib.Path:
