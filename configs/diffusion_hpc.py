@@ -36,9 +36,9 @@ steps of batch 64) starts from the easy HMR; the same fine-tuning on the guides 
 (evaluate.labelled_guides_control: the labels without the generated images); MPJPE / PA-MPJPE
 on 256 held-out hard and 256 easy people. Writes results.md / results.json, errors.png (the table
 as bars, +- 2 standard errors) and generated_grid.png (generated examples) to the workdir.
-Runtime: 6 min 20 s on a 2-core CPU (AMD EPYC family 26, idle; seeds 0 and 1), peak memory
-2.4 GB; the earlier sessions' 2-core machine ran the job about 1.3x slower (7 min 45 s with the
-easy HMR as the estimator).
+Runtime: 6 min 19 s to 6 min 59 s on a 2-core CPU (AMD EPYC family 26; seeds 0 and 1, and seed
+0 again from a fresh clone at commit 213cc49), peak memory 2.4 GB; the earlier sessions' 2-core
+machine ran the job about 1.3x slower (7 min 45 s with the easy HMR as the estimator).
 Result (seed 0, 256 people per test set; MPJPE / PA-MPJPE in mm): hard set, easy-trained HMR
 238.2 / 172.9, + Diffusion-HPC fine-tuning 168.0 / 125.8, + fine-tuning on the guides alone
 174.0 / 130.8, + the guides' own images with the pairs' labels 172.4 / 129.5; easy set 109.5 /
