@@ -4,6 +4,7 @@
   .venv/bin/python benchmarks/sd_unet.py --dtype bfloat16      # GPU (bf16; diffusers if present)
   options: --cases 32x1,32x8,64x1 (latent size x batch) --repeats 3 --tokens 77 --no-reference
            --attention auto|xla|chunked|cudnn --peak-tflops 989 --interleave
+           --ynn-fusion-types INDIVIDUAL_DOT (CPU: XLA's YNNPACK kernels for jhmr's jit only)
 
 Full-size SD 1.5 U-Net (859.5M parameters) with random weights, one denoiser call per
 iteration (t = 1, as DPMesh; 77 context tokens of width 768). DPMesh's size is a 32x32 latent
@@ -81,7 +82,10 @@ def build_jhmr(args):
   apply_exact = jax.jit(lambda p, x, t, c: exact.apply({"params": p}, x, t, c))
   flops = apply_exact.lower(params, x, t, ctx).cost_analysis()["flops"]
 
-  apply = jax.jit(lambda p, x, t, c: model.apply({"params": p}, x, t, c))
+  apply = jax.jit(
+    lambda p, x, t, c: model.apply({"params": p}, x, t, c),
+    compiler_options=_compiler_options(args.ynn_fusion_types),
+  )
   start = time.perf_counter()
   compiled = apply.lower(params, x, t, ctx).compile()
   compile_s = time.perf_counter() - start
@@ -90,6 +94,17 @@ def build_jhmr(args):
     compile_s=compile_s, flops=float(flops), device=f"{device.platform}:{device.device_kind}"
   )
   return compiled, (params, x, t, ctx), info
+
+
+def _compiler_options(ynn_fusion_types: str | None) -> dict | None:
+  """jax.jit compiler options of `--ynn-fusion-types`: None (jaxlib's default), 'none' (no
+  YNNPACK kernels) or a comma list of XLA `LibraryFusionType`s without their prefix (e.g.
+  'INDIVIDUAL_DOT': YNNPACK for dots only, convolutions by XLA's other CPU path)."""
+  if ynn_fusion_types is None:
+    return None
+  names = [] if ynn_fusion_types == "none" else ynn_fusion_types.split(",")
+  value = ",".join(f"LIBRARY_FUSION_TYPE_{name.strip().upper()}" for name in names)
+  return {"xla_cpu_experimental_ynn_fusion_type": value}
 
 
 def worker_jhmr(args) -> dict:
@@ -173,6 +188,8 @@ def _run_worker(framework: str, case: tuple[int, int], args, device="cpu") -> di
     "--reference-device",
     device,
   ]
+  if args.ynn_fusion_types is not None:
+    cmd += ["--ynn-fusion-types", args.ynn_fusion_types]
   proc = subprocess.run(cmd, capture_output=True, text=True)
   lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
   if proc.returncode or not lines:
@@ -224,6 +241,12 @@ def main() -> None:
     action="store_true",
     help="CPU: both frameworks in one process, calls alternating (fair under a drifting load)",
   )
+  parser.add_argument(
+    "--ynn-fusion-types",
+    default=None,
+    help="CPU: XLA's YNNPACK kernels for jhmr's jit ('none' or e.g. INDIVIDUAL_DOT); "
+    "default: jaxlib's",
+  )
   parser.add_argument("--worker", choices=["jhmr", "diffusers"], help=argparse.SUPPRESS)
   parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
   parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -239,7 +262,8 @@ def main() -> None:
   print(
     f"SD 1.5 U-Net forward, {args.dtype}, attention={args.attention}, {args.tokens} tokens, "
     f"median of {args.repeats}"
-    + (", interleaved in one process (RSS: the process's)" if args.interleave else ""),
+    + (", interleaved in one process (RSS: the process's)" if args.interleave else "")
+    + (f", jhmr's YNNPACK kernels: {args.ynn_fusion_types}" if args.ynn_fusion_types else ""),
     flush=True,
   )
   print(f"# CPU {cpu()}; load average {load()} before", flush=True)
