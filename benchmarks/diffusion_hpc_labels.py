@@ -42,14 +42,15 @@ class TruthEstimator:
   def __init__(self, truth, image_size: int, focal: float):
     import numpy as np
 
-    from jhmr.geometry import rotations
+    from jhmr.geometry import cameras, rotations
 
     self._index = {np.asarray(im).tobytes(): i for i, im in enumerate(truth.image)}
     aa = np.concatenate([np.asarray(truth.global_orient)[:, None], truth.body_pose], 1)
     self._rotmat = np.asarray(rotations.axis_angle_to_matrix(aa), np.float32)
     self._betas = np.asarray(truth.betas, np.float32)
-    t = np.asarray(truth.cam_t, np.float32)  # the inverse of crop_to_full_translation (full crop)
-    self._cam = np.stack([2 * focal / (image_size * t[:, 2]), t[:, 0], t[:, 1]], -1)
+    # the guide image is the crop, centred on the principal point
+    cam = cameras.translation_to_weak_perspective(truth.cam_t, focal, image_size)
+    self._cam = np.asarray(cam, np.float32)
 
   def __call__(self, images):
     import numpy as np
@@ -58,7 +59,8 @@ class TruthEstimator:
     return {"rotmat": self._rotmat[rows], "betas": self._betas[rows], "cam": self._cam[rows]}
 
 
-def label_errors(ctx, comps, guides, settings, truth):
+def label_errors(comps, guides, settings, truth):
+  """(MPJPE, PA-MPJPE (mm), median hardness) of the labels of augmentation 0."""
   import jax.numpy as jnp
   import numpy as np
 
@@ -74,7 +76,19 @@ def label_errors(ctx, comps, guides, settings, truth):
   true = jnp.asarray(truth.joints_3d)[out["guide_index"][order]]
   pa = 1000 * float(np.mean(metrics.pa_mpjpe(joints, true)))
   mp = 1000 * float(np.mean(metrics.mpjpe(joints, true, root=0)))
-  return mp, pa, float(np.median(out["hardness"])), out, order
+  return mp, pa, float(np.median(out["hardness"]))
+
+
+def print_label_rows(name, comps, guides, settings, truth, vposer_weights) -> None:
+  """The rows of one estimator: its estimate as it is, then fitted at each VPoser weight."""
+  s = settings.copy_and_resolve_references()
+  s.fit_keypoints = False
+  mp, pa, h = label_errors(comps, guides, s, truth)
+  print(f"| {name}, no fit | {mp:.1f} | {pa:.1f} | {h:.1f} |")
+  for w in vposer_weights:
+    s.fit_keypoints, s.fit_vposer_weight = True, w
+    mp, pa, h = label_errors(comps, guides, s, truth)
+    print(f"| {name}, keypoint fit, fit_vposer_weight {w:g} | {mp:.1f} | {pa:.1f} | {h:.1f} |")
 
 
 def main() -> None:
@@ -115,44 +129,29 @@ def main() -> None:
   print(f"guides' true poses: VPoser hardness median {true_hardness:.1f}\n")
   print("| labels (augmentation 0) | MPJPE vs guide truth (mm) | PA-MPJPE (mm) | hardness median |")
   print("|---|---|---|---|")
-  raw = g.copy_and_resolve_references()
-  raw.fit_keypoints = False
-  mp, pa, h, *_ = label_errors(ctx, comps, guides, raw, truth)
-  print(f"| easy HMR estimate, no fit | {mp:.1f} | {pa:.1f} | {h:.1f} |")
   weights = [float(x) for x in args.vposer_weights.split(",")]
-  for w in weights:
-    s = g.copy_and_resolve_references()
-    s.fit_keypoints, s.fit_vposer_weight = True, w
-    mp, pa, h, *_ = label_errors(ctx, comps, guides, s, truth)
-    print(f"| keypoint fit, fit_vposer_weight {w:g} | {mp:.1f} | {pa:.1f} | {h:.1f} |")
+  print_label_rows("easy HMR estimate", comps, guides, g, truth, weights)
   if args.guides_finetuned:
     _, tuned = hpc.finetune(ctx, workdir, synthetic_half="guides_only")
     adapted = gen.Components(
       gen.Estimator(hmr, tuned, config.data.image_size, "jhmr"), vp, vp_vars, ctx.body_model
     )
-    s = g.copy_and_resolve_references()
-    s.fit_keypoints = False
-    mp, pa, h, *_ = label_errors(ctx, adapted, guides, s, truth)
-    print(f"| guides-only fine-tuned HMR estimate, no fit | {mp:.1f} | {pa:.1f} | {h:.1f} |")
-    for w in weights:
-      s.fit_keypoints, s.fit_vposer_weight = True, w
-      mp, pa, h, *_ = label_errors(ctx, adapted, guides, s, truth)
-      name = f"guides-only fine-tuned HMR estimate, keypoint fit, fit_vposer_weight {w:g}"
-      print(f"| {name} | {mp:.1f} | {pa:.1f} | {h:.1f} |")
+    print_label_rows("guides-only fine-tuned HMR estimate", adapted, guides, g, truth, weights)
 
   if args.oracle:
     focal = gen.image_focal(g, g.image_size)
     oracle = gen.Components(TruthEstimator(truth, g.image_size, focal), vp, vp_vars, ctx.body_model)
     s = g.copy_and_resolve_references()
     s.fit_keypoints = False
-    mp, pa, _, out, order = label_errors(ctx, oracle, guides, s, truth)
+    _, pa, _ = label_errors(oracle, guides, s, truth)
     if pa > 1.0:  # the estimator's camera round trip must give the truth back
       raise SystemExit(f"oracle labels are {pa:.2f} mm PA-MPJPE from the truth: camera mismatch")
     target = pathlib.Path(f"{workdir}_oracle")
     if not target.exists():
       skip = ("generated", "tfds", "finetune", "finetune_labelled_guides", "results.*", "*.png")
       shutil.copytree(workdir, target, ignore=shutil.ignore_patterns(*skip, "generate_counts*"))
-    config.generate.fit_keypoints = False
+    # the truth stands in for the estimate: no fit, and no estimator of the job's own
+    config.generate.update(fit_keypoints=False, estimator="start")
     hpc.generate(config, target, components=oracle)
     hpc.finetune(config, target)
     hpc.evaluate(config, target)
