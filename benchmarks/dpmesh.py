@@ -323,6 +323,7 @@ def worker_time(args) -> dict:
   import jax
   import jax.numpy as jnp
 
+  from jhmr.models.compile_options import sd_compiler_options
   from jhmr.models.dpmesh import DPMesh, _variable_shapes, random_variables
   from jhmr.train.dpmesh_task import param_labels
   from jhmr.train.state import partition
@@ -337,12 +338,15 @@ def worker_time(args) -> dict:
   images, keypoints, focal = _inputs(batch, config.image_size)
   rss_weights = peak_rss_gb()
   if kind == "fwd":
-    fn = jax.jit(lambda p, i, k, f: model.apply({"params": p}, i, k, f, train=False).body_pose)
+    fn = jax.jit(
+      lambda p, i, k, f: model.apply({"params": p}, i, k, f, train=False).body_pose,
+      compiler_options=sd_compiler_options() or None,
+    )
     call_args = (params, images, keypoints, focal)
   else:
     trainable, frozen = partition(params, param_labels(params))
     grad = jax.value_and_grad(training_loss(model))
-    fn = jax.jit(grad)
+    fn = jax.jit(grad, compiler_options=sd_compiler_options() or None)
     call_args = (trainable, frozen, images, keypoints, focal, jax.random.key(0))
   start = time.perf_counter()
   compiled = fn.lower(*call_args).compile()
@@ -391,6 +395,7 @@ def worker_shard(args) -> dict:
   from jax.sharding import PartitionSpec as P
 
   from jhmr.models import dpmesh as dm
+  from jhmr.models.compile_options import sd_compiler_options
   from jhmr.train.dpmesh_task import param_labels
   from jhmr.train.state import partition
   from jhmr.train.trainer import make_mesh, state_shardings
@@ -430,7 +435,12 @@ def worker_shard(args) -> dict:
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
   shardings_of = lambda tree: jax.tree.map(lambda x: x.sharding, tree)
   out_shardings = (*map(shardings_of, (a_train, a_opt, a_ema)), NamedSharding(mesh, P()))
-  jitted = jax.jit(step, out_shardings=out_shardings, donate_argnums=(0, 1, 2))
+  jitted = jax.jit(
+    step,
+    out_shardings=out_shardings,
+    donate_argnums=(0, 1, 2),
+    compiler_options=sd_compiler_options() or None,
+  )
   start = time.perf_counter()
   compiled = jitted.lower(a_train, a_opt, a_ema, a_frozen, images, keypoints, focal, key).compile()
   compile_s = time.perf_counter() - start

@@ -4,7 +4,8 @@
   .venv/bin/python benchmarks/sd_unet.py --dtype bfloat16      # GPU (bf16; diffusers if present)
   options: --cases 32x1,32x8,64x1 (latent size x batch) --repeats 3 --tokens 77 --no-reference
            --attention auto|xla|chunked|cudnn --peak-tflops 989 --interleave
-           --ynn-fusion-types INDIVIDUAL_DOT (CPU: XLA's YNNPACK kernels for jhmr's jit only)
+           --ynn-fusion-types jaxlib|none|INDIVIDUAL_DOT (CPU: XLA's YNNPACK kernels for jhmr's
+           jit only; default jhmr's, as DPMesh's jits: jhmr.models.compile_options)
 
 Full-size SD 1.5 U-Net (859.5M parameters) with random weights, one denoiser call per
 iteration (t = 1, as DPMesh; 77 context tokens of width 768). DPMesh's size is a 32x32 latent
@@ -97,10 +98,15 @@ def build_jhmr(args):
 
 
 def _compiler_options(ynn_fusion_types: str | None) -> dict | None:
-  """jax.jit compiler options of `--ynn-fusion-types`: None (jaxlib's default), 'none' (no
+  """jax.jit compiler options of `--ynn-fusion-types`: None (jhmr's, as DPMesh's jits:
+  `jhmr.models.compile_options.sd_compiler_options`), 'jaxlib' (jaxlib's default), 'none' (no
   YNNPACK kernels) or a comma list of XLA `LibraryFusionType`s without their prefix (e.g.
   'INDIVIDUAL_DOT': YNNPACK for dots only, convolutions by XLA's other CPU path)."""
   if ynn_fusion_types is None:
+    from jhmr.models.compile_options import sd_compiler_options
+
+    return sd_compiler_options() or None
+  if ynn_fusion_types == "jaxlib":
     return None
   names = [] if ynn_fusion_types == "none" else ynn_fusion_types.split(",")
   value = ",".join(f"LIBRARY_FUSION_TYPE_{name.strip().upper()}" for name in names)
@@ -244,8 +250,8 @@ def main() -> None:
   parser.add_argument(
     "--ynn-fusion-types",
     default=None,
-    help="CPU: XLA's YNNPACK kernels for jhmr's jit ('none' or e.g. INDIVIDUAL_DOT); "
-    "default: jaxlib's",
+    help="CPU: XLA's YNNPACK kernels for jhmr's jit ('jaxlib': jaxlib's default, 'none', or "
+    "e.g. INDIVIDUAL_DOT); default: jhmr's (sd_compiler_options: no YNNPACK convolutions)",
   )
   parser.add_argument("--worker", choices=["jhmr", "diffusers"], help=argparse.SUPPRESS)
   parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -263,7 +269,7 @@ def main() -> None:
     f"SD 1.5 U-Net forward, {args.dtype}, attention={args.attention}, {args.tokens} tokens, "
     f"median of {args.repeats}"
     + (", interleaved in one process (RSS: the process's)" if args.interleave else "")
-    + (f", jhmr's YNNPACK kernels: {args.ynn_fusion_types}" if args.ynn_fusion_types else ""),
+    + f", jhmr's XLA options: {_compiler_options(args.ynn_fusion_types) or 'jaxlib default'}",
     flush=True,
   )
   print(f"# CPU {cpu()}; load average {load()} before", flush=True)

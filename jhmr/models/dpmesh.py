@@ -49,6 +49,7 @@ import numpy as np
 from jhmr.body.joints import SMPL_JOINT_NAMES
 from jhmr.geometry import rotations
 from jhmr.models import dpmesh_backbone as backbone_lib
+from jhmr.models.compile_options import sd_compiler_options
 from jhmr.models.dpmesh_backbone import (
   DPMESH_PAPER,
   BackboneOutput,
@@ -454,7 +455,6 @@ def prepare_inputs(crops, keypoints_2d, config: DPMeshConfig):
   return images, kp, visible
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def _predict(model, variables, images, keypoints, focal_length, body_model):
   out = model.apply(variables, images, keypoints, focal_length, train=False)
   result = dict(
@@ -468,6 +468,13 @@ def _predict(model, variables, images, keypoints, focal_length, body_model):
     body = body_model(out.betas[:, :nb], out.body_pose, out.global_orient, out.translation)
     result.update(vertices=body.vertices, joints=body.joints)
   return result
+
+
+@functools.cache
+def _compiled_predict():
+  """`_predict` under `jax.jit` with `sd_compiler_options` (built on first use: the options
+  depend on the backend, which must not be initialised at import)."""
+  return jax.jit(_predict, static_argnums=0, compiler_options=sd_compiler_options() or None)
 
 
 def predict(
@@ -505,6 +512,6 @@ def predict(
   if focal_length is None:
     focal_length = config.image_size * np.sqrt(2.0)
   focal = np.broadcast_to(np.asarray(focal_length, np.float32), (len(images),))
-  out = _predict(DPMesh(config), variables, images, kp, focal, body_model)
+  out = _compiled_predict()(DPMesh(config), variables, images, kp, focal, body_model)
   out = {k: np.asarray(v) for k, v in out.items()}
   return DPMeshPrediction(visible=visible, **out)

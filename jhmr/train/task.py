@@ -16,6 +16,9 @@ Every method (HMR regressor, ScoreHMR score model, DPMesh heads, ...) is trained
                                               places them as they are instead of jitting `init`
                                               (an SD-size init compiles for minutes, and weights
                                               closed over by a jitted init become constants)
+  compiler_options                            optional XLA options for the jitted training step
+                                              (`jax.jit(..., compiler_options=...)`), e.g.
+                                              `jhmr.models.compile_options.sd_compiler_options()`
 
 `state` holds the non-trained collections (e.g. BatchNorm `batch_stats`), `{}` when there are none.
 An example is a pytree of numpy arrays (a dict, a `jhmr.data.example.PersonExample`, ...); the
@@ -50,6 +53,7 @@ class Task:
   evaluate: Callable[[PyTree, PyTree, int], dict] | None = None
   param_labels: Callable[[PyTree], PyTree] | None = None
   initial_variables: PyTree | None = None
+  compiler_options: Mapping[str, Any] | None = None
 
   def __post_init__(self):
     if len(self.source) == 0:

@@ -233,6 +233,7 @@ def train(config, workdir, task: Task, *, writer=None) -> TrainState:
     in_shardings=(shardings, data_sharding),
     out_shardings=(shardings, replicated),
     donate_argnums=0,
+    compiler_options=dict(task.compiler_options) if task.compiler_options else None,
   )
 
   # Restore or initialise.

@@ -13,6 +13,7 @@ from flax import traverse_util
 from configs.common import trainer_config
 from jhmr.data.example import PersonExample, stack
 from jhmr.data.pipeline import apply_transforms
+from jhmr.models.compile_options import sd_compiler_options
 from jhmr.models.dpmesh import DPMESH15_FROM_SMPL24, DPMesh, DPMeshOutput, random_variables
 from jhmr.train import trainer
 from jhmr.train.dpmesh_task import (
@@ -289,6 +290,7 @@ def test_teacher_is_a_non_trained_collection(body):
   task, teacher = _nkr_task(body)
   variables = task.initial_variables
   assert set(variables) == {"params", TEACHER} and task.param_labels is param_labels
+  assert task.compiler_options == sd_compiler_options()  # the SD stack's XLA options
   got = variables[TEACHER]["backbone"]
   assert jax.tree.structure(got) == jax.tree.structure(teacher)
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(teacher)))

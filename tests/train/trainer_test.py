@@ -349,3 +349,17 @@ def test_restore_params_reads_the_ema_without_the_model(reference, tmp_path):
       f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
   with pytest.raises(InputError, match=f"broken/checkpoints.*step {step} cannot be read"):
     checkpoint.restore_params(broken)
+
+
+def test_task_compiler_options_reach_the_training_step(tmp_path):
+  """`Task.compiler_options` are the training step's `jax.jit` options: an option XLA does not
+  know fails that compile, naming it; a known one trains as usual."""
+  import dataclasses
+
+  task = toy.make_task()
+  config = toy.make_config(2)
+  bad = dataclasses.replace(task, compiler_options={"xla_no_such_option_for_jhmr": "1"})
+  with pytest.raises(Exception, match="xla_no_such_option_for_jhmr"):
+    trainer.train(config, tmp_path / "bad", bad)
+  good = dataclasses.replace(task, compiler_options={"xla_cpu_enable_fast_math": False})
+  assert int(trainer.train(config, tmp_path / "good", good).step) == 2
