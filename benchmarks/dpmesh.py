@@ -5,6 +5,7 @@
   options: --parts counts,time,sharding  --cases fwd1,fwd8,train1,train8  --repeats 2 --warmup 1
            --compile-only (time part: compile from shapes, XLA memory only: what would not fit)
            --dtype float32|bfloat16 (bf16 compute, fp32 parameters)  --remat
+           --xla-options jhmr|jaxlib (jit compiler options: DPMesh's, or jaxlib's default)
            --size full|half|tiny (time)  --shard-size full|half|tiny  --shard-devices 8
            --shard-per-device 1  --shardings replicated,fsdp,fsdp_trainable  --shard-timeout 1200
            --fsdp-min-size 16384 (the trainer's FSDP_MIN_SIZE; 0 shards every divisible leaf)
@@ -319,11 +320,19 @@ def _memory(compiled) -> dict:
   return {n: getattr(stats, f"{n}_size_in_bytes", 0) / 1e9 for n in names}
 
 
+def _xla_options(which: str) -> dict | None:
+  """`jax.jit` compiler options: 'jhmr' (DPMesh's jits: `sd_compiler_options`) or 'jaxlib'."""
+  if which == "jaxlib":
+    return None
+  from jhmr.models.compile_options import sd_compiler_options
+
+  return sd_compiler_options() or None
+
+
 def worker_time(args) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from jhmr.models.compile_options import sd_compiler_options
   from jhmr.models.dpmesh import DPMesh, _variable_shapes, random_variables
   from jhmr.train.dpmesh_task import param_labels
   from jhmr.train.state import partition
@@ -340,13 +349,13 @@ def worker_time(args) -> dict:
   if kind == "fwd":
     fn = jax.jit(
       lambda p, i, k, f: model.apply({"params": p}, i, k, f, train=False).body_pose,
-      compiler_options=sd_compiler_options() or None,
+      compiler_options=_xla_options(args.xla_options),
     )
     call_args = (params, images, keypoints, focal)
   else:
     trainable, frozen = partition(params, param_labels(params))
     grad = jax.value_and_grad(training_loss(model))
-    fn = jax.jit(grad, compiler_options=sd_compiler_options() or None)
+    fn = jax.jit(grad, compiler_options=_xla_options(args.xla_options))
     call_args = (trainable, frozen, images, keypoints, focal, jax.random.key(0))
   start = time.perf_counter()
   compiled = fn.lower(*call_args).compile()
@@ -395,7 +404,6 @@ def worker_shard(args) -> dict:
   from jax.sharding import PartitionSpec as P
 
   from jhmr.models import dpmesh as dm
-  from jhmr.models.compile_options import sd_compiler_options
   from jhmr.train.dpmesh_task import param_labels
   from jhmr.train.state import partition
   from jhmr.train.trainer import make_mesh, state_shardings
@@ -439,7 +447,7 @@ def worker_shard(args) -> dict:
     step,
     out_shardings=out_shardings,
     donate_argnums=(0, 1, 2),
-    compiler_options=sd_compiler_options() or None,
+    compiler_options=_xla_options(args.xla_options),
   )
   start = time.perf_counter()
   compiled = jitted.lower(a_train, a_opt, a_ema, a_frozen, images, keypoints, focal, key).compile()
@@ -478,6 +486,7 @@ def _run_worker(extra: list[str], args, env=None, timeout=None) -> dict | None:
   cmd = [sys.executable, os.path.abspath(__file__), "--dtype", args.dtype, *extra]
   cmd += ["--repeats", str(args.repeats), "--warmup", str(args.warmup)]
   cmd += ["--remat"] if args.remat else []
+  cmd += ["--xla-options", args.xla_options]
   cmd += ["--compile-only"] if args.compile_only else []
   try:
     proc = subprocess.run(
@@ -529,6 +538,7 @@ def part_time(args) -> None:
   print(
     f"\nDPMesh paper config, {args.size} size, CPU, {args.dtype} compute / float32 parameters"
     + (", remat" if args.remat else "")
+    + f", XLA options: {args.xla_options}"
     + (
       "; compiled from shapes only (--compile-only): XLA sizes, nothing run"
       if args.compile_only
@@ -657,6 +667,12 @@ def main() -> None:
   parser.add_argument("--warmup", type=int, default=1, help="untimed calls after the compile")
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--remat", action="store_true", help="nn.remat on U-Net blocks")
+  parser.add_argument(
+    "--xla-options",
+    default="jhmr",
+    choices=["jhmr", "jaxlib"],
+    help="jit compiler options: jhmr's (DPMesh's jits: sd_compiler_options) or jaxlib's default",
+  )
   parser.add_argument(
     "--compile-only", action="store_true", help="time part: XLA memory only, nothing runs"
   )

@@ -26,16 +26,20 @@ What it runs (jhmr.pipelines.dpmesh, stages codebook -> teacher -> student -> ev
      at 1/4 width + SPIN's iterative head, jhmr.models.hmr) trained on the same crops with the
      same steps x batch as teacher + student; the NKR ablation on noisy keypoints; the codebook
      figures.
-Runtime: 12 min 27 s, measured once on the 2-core CPU from the working tree at commit 3c2025a
-  (load average 1.2 at the start, 3.6 at the end: a slow test ran beside it for 10 of the 12
-  minutes); peak memory 4.8 GB. Codebook ~1.5 min, teacher 150 steps and the two students 80
-  steps each at ~1-2 s a step (16² latent, batch 16), the HMR baseline 230 steps, evaluation.
+Runtime: 8 min 42 s, measured once on the 2-core CPU (AMD EPYC, Zen 5) from the working tree
+  at commit 520b535, idle (load average 1.5 at the start); peak memory 4.9 GB. Codebook ~1 min,
+  teacher 150 steps and the two students 80 steps each at ~0.4-1 s a step (16² latent, batch
+  16), the HMR baseline 230 steps, evaluation. DPMesh's jits compile with
+  `jhmr.models.compile_options.sd_compiler_options` (XLA CPU's faster convolutions).
 Result of that run (seed 0; PA-MPJPE of the 24 SMPL joints, mm, unoccluded / occluded test
-  crops): HMR regressor 177.2 / 176.9; DPMesh-small teacher 189.3 / 189.1; NKR student 201.4 /
-  201.5; student without NKR 201.2 / 201.3; pose codebook 106 mm held-out reconstruction, 4.3%
-  of its 256 entries used (perplexity 9.2).
+  crops): HMR regressor 177.2 / 176.9; DPMesh-small teacher 192.9 / 192.9; NKR student 188.1 /
+  188.1; student without NKR 188.2 / 188.2; pose codebook 106 mm held-out reconstruction, 4.3%
+  of its 256 entries used (perplexity 9.2). Before those compiler options (commit 3c2025a, the
+  same seed) the DPMesh-small rows were 189.3 / 189.1, 201.4 / 201.5 and 201.2 / 201.3: the
+  options change the convolutions' rounding only, so at this budget the DPMesh-small rows move
+  by 4-13 mm from run to run and their differences are within that spread.
 Honest reading: at this budget nothing here has learnt much. Every method is far from the
-  truth (MPJPE 245-285 mm) and the occluders change nothing, which says the models predict close
+  truth (MPJPE 245-291 mm) and the occluders change nothing, which says the models predict close
   to a mean pose; DPMesh-small does not beat the image-only regressor; NKR makes no difference
   (its term, ~0.1, is tiny next to the task loss, ~40, with the paper's weights); the codebook
   collapses onto a few entries (PCT's update has no dead-code restart). The job shows the
