@@ -5,7 +5,7 @@ default. For SD's 3x3 convolutions XLA's other CPU convolution is faster: 1.2-1.
 forward + backward at the U-Net's 32x32 and 16x16 levels (e.g. 32x32x960 -> 320 at batch 8: 194
 vs 113 ms forward) on a 2-core AMD EPYC (Zen 5), `benchmarks/xla_cpu_conv.py`
 (benchmarks/README.md). `sd_compiler_options` turns YNNPACK off for convolutions only: dots and
-reductions stay (without them SD's 32x32 attention is ~30% slower). It applies to one `jax.jit`
+reductions stay (without them SD's 32x32 attention is ~40% slower). It applies to one `jax.jit`
 at a time (`jax.jit(..., compiler_options=...)`), so no other computation in the process changes.
 
 jhmr passes it to DPMesh's jits (training through `Task.compiler_options`, `jhmr.dpmesh.predict`)

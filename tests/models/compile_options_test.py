@@ -53,6 +53,8 @@ def test_convolutions_leave_ynnpack_dots_and_reductions_stay():
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
 
 
-def test_an_unknown_option_is_left_out():
+def test_an_option_this_jaxlib_rejects_is_left_out(monkeypatch):
   assert compile_options._accepted("xla_cpu_experimental_ynn_fusion_type", "")
   assert not compile_options._accepted("xla_no_such_option_for_jhmr", "1")
+  monkeypatch.setattr(compile_options, "_accepted", lambda option, value: False)
+  assert compile_options.sd_compiler_options() == {}  # a later jaxlib without the field
