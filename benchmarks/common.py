@@ -75,6 +75,21 @@ def peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def jit_compiler_options(spec: str | None) -> dict | None:
+  """`jax.jit` compiler options for a benchmark's jhmr jit: None or 'jhmr' (what DPMesh's jits
+  use: `jhmr.models.compile_options.sd_compiler_options`), 'jaxlib' (jaxlib's default), 'none'
+  (no YNNPACK kernels) or a comma list of XLA `LibraryFusionType`s without their prefix (e.g.
+  'INDIVIDUAL_DOT': YNNPACK for dots only)."""
+  from jhmr.models.compile_options import YNN_FUSION_TYPES, sd_compiler_options
+
+  if spec in (None, "jhmr"):
+    return sd_compiler_options() or None
+  if spec == "jaxlib":
+    return None
+  names = [] if spec == "none" else spec.split(",")
+  return {YNN_FUSION_TYPES: ",".join(f"LIBRARY_FUSION_TYPE_{n.strip().upper()}" for n in names)}
+
+
 def block(out: Any) -> Any:
   """Waits for every JAX array in `out` (any pytree); other leaves pass through."""
   import jax

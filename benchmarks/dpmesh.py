@@ -63,7 +63,14 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import cpu, free_gb, load, peak_rss_gb, print_table  # noqa: E402
+from common import (  # noqa: E402
+  cpu,
+  free_gb,
+  jit_compiler_options,
+  load,
+  peak_rss_gb,
+  print_table,
+)
 
 PAPER_TOTAL, PAPER_TRAINABLE = 1_426_300_000, 408_900_000  # paper Table 5 ("DPMesh (Ours)")
 RELEASED_AWL_WEIGHTS = 9  # AutomaticWeightedLoss(9) of the released code (research/dpmesh.md §12)
@@ -320,15 +327,6 @@ def _memory(compiled) -> dict:
   return {n: getattr(stats, f"{n}_size_in_bytes", 0) / 1e9 for n in names}
 
 
-def _xla_options(which: str) -> dict | None:
-  """`jax.jit` compiler options: 'jhmr' (DPMesh's jits: `sd_compiler_options`) or 'jaxlib'."""
-  if which == "jaxlib":
-    return None
-  from jhmr.models.compile_options import sd_compiler_options
-
-  return sd_compiler_options() or None
-
-
 def worker_time(args) -> dict:
   import jax
   import jax.numpy as jnp
@@ -349,13 +347,13 @@ def worker_time(args) -> dict:
   if kind == "fwd":
     fn = jax.jit(
       lambda p, i, k, f: model.apply({"params": p}, i, k, f, train=False).body_pose,
-      compiler_options=_xla_options(args.xla_options),
+      compiler_options=jit_compiler_options(args.xla_options),
     )
     call_args = (params, images, keypoints, focal)
   else:
     trainable, frozen = partition(params, param_labels(params))
     grad = jax.value_and_grad(training_loss(model))
-    fn = jax.jit(grad, compiler_options=_xla_options(args.xla_options))
+    fn = jax.jit(grad, compiler_options=jit_compiler_options(args.xla_options))
     call_args = (trainable, frozen, images, keypoints, focal, jax.random.key(0))
   start = time.perf_counter()
   compiled = fn.lower(*call_args).compile()
@@ -447,7 +445,7 @@ def worker_shard(args) -> dict:
     step,
     out_shardings=out_shardings,
     donate_argnums=(0, 1, 2),
-    compiler_options=_xla_options(args.xla_options),
+    compiler_options=jit_compiler_options(args.xla_options),
   )
   start = time.perf_counter()
   compiled = jitted.lower(a_train, a_opt, a_ema, a_frozen, images, keypoints, focal, key).compile()

@@ -29,7 +29,14 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import cpu, load, print_table, time_call, time_interleaved  # noqa: E402
+from common import (  # noqa: E402
+  cpu,
+  jit_compiler_options,
+  load,
+  print_table,
+  time_call,
+  time_interleaved,
+)
 
 PEAK_TFLOPS = {"H100": {"bfloat16": 989.0, "float32": 67.0}, "H200": {"bfloat16": 989.0}}
 
@@ -85,7 +92,7 @@ def build_jhmr(args):
 
   apply = jax.jit(
     lambda p, x, t, c: model.apply({"params": p}, x, t, c),
-    compiler_options=_compiler_options(args.ynn_fusion_types),
+    compiler_options=jit_compiler_options(args.ynn_fusion_types),
   )
   start = time.perf_counter()
   compiled = apply.lower(params, x, t, ctx).compile()
@@ -95,22 +102,6 @@ def build_jhmr(args):
     compile_s=compile_s, flops=float(flops), device=f"{device.platform}:{device.device_kind}"
   )
   return compiled, (params, x, t, ctx), info
-
-
-def _compiler_options(ynn_fusion_types: str | None) -> dict | None:
-  """jax.jit compiler options of `--ynn-fusion-types`: None (jhmr's, as DPMesh's jits:
-  `jhmr.models.compile_options.sd_compiler_options`), 'jaxlib' (jaxlib's default), 'none' (no
-  YNNPACK kernels) or a comma list of XLA `LibraryFusionType`s without their prefix (e.g.
-  'INDIVIDUAL_DOT': YNNPACK for dots only, convolutions by XLA's other CPU path)."""
-  if ynn_fusion_types is None:
-    from jhmr.models.compile_options import sd_compiler_options
-
-    return sd_compiler_options() or None
-  if ynn_fusion_types == "jaxlib":
-    return None
-  names = [] if ynn_fusion_types == "none" else ynn_fusion_types.split(",")
-  value = ",".join(f"LIBRARY_FUSION_TYPE_{name.strip().upper()}" for name in names)
-  return {"xla_cpu_experimental_ynn_fusion_type": value}
 
 
 def worker_jhmr(args) -> dict:
@@ -269,7 +260,7 @@ def main() -> None:
     f"SD 1.5 U-Net forward, {args.dtype}, attention={args.attention}, {args.tokens} tokens, "
     f"median of {args.repeats}"
     + (", interleaved in one process (RSS: the process's)" if args.interleave else "")
-    + f", jhmr's XLA options: {_compiler_options(args.ynn_fusion_types) or 'jaxlib default'}",
+    + f", jhmr's XLA options: {jit_compiler_options(args.ynn_fusion_types) or 'jaxlib default'}",
     flush=True,
   )
   print(f"# CPU {cpu()}; load average {load()} before", flush=True)

@@ -21,7 +21,7 @@ import jax
 
 # XLA's DebugOptions field (experimental, hence the probe below) and the value that keeps
 # YNNPACK for dots and reductions: jaxlib 0.10's default without INDIVIDUAL_CONVOLUTION.
-_YNN_FUSION_TYPES = "xla_cpu_experimental_ynn_fusion_type"
+YNN_FUSION_TYPES = "xla_cpu_experimental_ynn_fusion_type"
 _NO_CONVOLUTIONS = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 
 
@@ -39,6 +39,6 @@ def sd_compiler_options() -> dict[str, str]:
   """`compiler_options` for a `jax.jit` over SD-style convolutions: on CPU, YNNPACK for dots
   and reductions but not convolutions; `{}` on other backends, or where this jaxlib does not know
   the option."""
-  if jax.default_backend() != "cpu" or not _accepted(_YNN_FUSION_TYPES, _NO_CONVOLUTIONS):
+  if jax.default_backend() != "cpu" or not _accepted(YNN_FUSION_TYPES, _NO_CONVOLUTIONS):
     return {}
-  return {_YNN_FUSION_TYPES: _NO_CONVOLUTIONS}
+  return {YNN_FUSION_TYPES: _NO_CONVOLUTIONS}
